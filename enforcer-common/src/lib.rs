@@ -1,0 +1,239 @@
+//! Types that cross the kernel/user boundary.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding (explicit `_pad` fields instead, so
+//! no byte of a map key is ever uninitialised) and has its size asserted at compile time. Each
+//! map's name constant sits beside the types it holds. Addresses are kept as four 32-bit words in
+//! network byte order, the layout of `bpf_sock_addr.user_ip6`; IPv4 addresses are stored
+//! IPv4-mapped (`::ffff:a.b.c.d`) so that one map serves both families.
+#![no_std]
+
+/// An IPv6 address (or IPv4-mapped IPv4 address) as four words in network byte order.
+pub type Ip6Words = [u32; 4];
+
+/// The IPv4-mapped form of an IPv4 address given in network byte order.
+pub const fn v4_mapped_from_be(ip4_be: u32) -> Ip6Words {
+    [0, 0, u32::to_be(0x0000_ffff), ip4_be]
+}
+
+/// Whether `ip` is an IPv4-mapped IPv6 address.
+pub const fn is_v4_mapped(ip: &Ip6Words) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == u32::to_be(0x0000_ffff)
+}
+
+// === Protected destinations ===
+
+/// LPM trie of protected destinations: key data is an [`Ip6Words`] (prefix length counts from
+/// the first bit of the IPv6 form, so an IPv4 /24 is stored as /120), value a [`PortRanges`].
+pub const PROTECTED_MAP: &str = "PROTECTED";
+/// Capacity of [`PROTECTED_MAP`].
+pub const PROTECTED_MAX_ENTRIES: u32 = 16_384;
+/// Port ranges one prefix can carry. The agent folds the ranges of every covering (shorter)
+/// prefix into each entry, because an LPM lookup only returns the longest match.
+pub const MAX_PORT_RANGES: usize = 16;
+
+/// An inclusive range of TCP ports, host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// The ports protected at one prefix. Only the first `len` entries of `ranges` are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRanges {
+    pub len: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+impl PortRanges {
+    /// Whether `port` (host byte order) falls in one of the ranges.
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        // A fixed bound keeps the loop verifiable; `len` only cuts it short.
+        let mut i = 0;
+        while i < MAX_PORT_RANGES {
+            if i as u32 >= self.len {
+                return false;
+            }
+            let r = self.ranges[i];
+            if r.first <= port && port <= r.last {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+// === Agent configuration ===
+
+/// Single-slot array holding the [`AgentConfig`] the programs redirect to.
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// `AgentConfig::flags`: the agent has an IPv6 listener.
+pub const CONFIG_HAS_V6: u32 = 1;
+
+/// Where redirected connects go, and who the agent is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The agent's process id (tgid). Connects made by any of its threads are never redirected.
+    pub agent_tgid: u32,
+    /// `CONFIG_*` bits.
+    pub flags: u32,
+    /// IPv4 listener address, network byte order.
+    pub listen_ip4_be: u32,
+    /// IPv4 listener port, network byte order.
+    pub listen_port4_be: u16,
+    /// IPv6 listener port, network byte order.
+    pub listen_port6_be: u16,
+    /// IPv6 listener address.
+    pub listen_ip6: Ip6Words,
+}
+
+// === Connection records ===
+
+/// LRU hash: socket cookie (u64) → [`ConnMeta`], written at connect, read by getpeername and
+/// sock_ops, removed when the socket closes.
+pub const CONN_BY_COOKIE_MAP: &str = "CONN_BY_COOKIE";
+/// LRU hash: [`ClientKey`] → [`ConnMeta`], written by sock_ops when a redirected connection is
+/// established, taken (looked up and removed) by the agent when it accepts it.
+pub const CONN_BY_CLIENT_MAP: &str = "CONN_BY_CLIENT";
+/// Capacity of each connection map.
+pub const CONN_MAX_ENTRIES: u32 = 65_536;
+
+/// What the kernel attests about a redirected connect, recorded at the moment of the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// Original destination address (IPv4-mapped for IPv4).
+    pub orig_ip: Ip6Words,
+    /// Original destination port, network byte order.
+    pub orig_port_be: u16,
+    /// `AF_INET` or `AF_INET6`: the family of the calling socket.
+    pub family: u16,
+    /// Process id (thread group id) of the caller.
+    pub tgid: u32,
+    /// Thread id of the caller.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    /// cgroup v2 id (inode number of the cgroup directory) of the caller.
+    pub cgroup_id: u64,
+    /// `CLOCK_BOOTTIME` at connect, in ns; lets the agent detect pid reuse.
+    pub connect_boot_ns: u64,
+    /// Task command name, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// The client end of a redirected connection as the agent sees it (its peer address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// Client address (IPv4-mapped for IPv4 sockets and for IPv4 peers of IPv6 sockets).
+    pub ip: Ip6Words,
+    /// Client port, host byte order (u32 so the key has no padding).
+    pub port: u32,
+}
+
+// === Counters ===
+
+/// Per-CPU array of u64 event counters, indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Kernel-side events, counted per CPU.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A connect to a protected destination was sent to the agent.
+    Redirected = 0,
+    /// A TCP connect to an unprotected destination passed untouched.
+    Passed = 1,
+    /// A connect by the agent itself passed untouched.
+    AgentPassed = 2,
+    /// A redirected connection was established but its connect record was gone.
+    LookupMiss = 3,
+    /// A record could not be stored; the connect was refused (fail closed).
+    MapFull = 4,
+    /// A protected IPv6 connect was refused because the agent has no IPv6 listener.
+    NoListener = 5,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 6] = [
+        Counter::Redirected,
+        Counter::Passed,
+        Counter::AgentPassed,
+        Counter::LookupMiss,
+        Counter::MapFull,
+        Counter::NoListener,
+    ];
+
+    /// Stable snake_case name, used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Redirected => "redirected",
+            Counter::Passed => "passed",
+            Counter::AgentPassed => "agent_passed",
+            Counter::LookupMiss => "lookup_miss",
+            Counter::MapFull => "map_full",
+            Counter::NoListener => "no_listener",
+        }
+    }
+}
+
+/// Number of slots in [`COUNTERS_MAP`].
+pub const COUNTERS_LEN: u32 = Counter::ALL.len() as u32;
+
+const _: () = {
+    assert!(core::mem::size_of::<PortRange>() == 4);
+    assert!(core::mem::size_of::<PortRanges>() == 4 + 4 * MAX_PORT_RANGES);
+    assert!(core::mem::size_of::<AgentConfig>() == 32);
+    assert!(core::mem::size_of::<ConnMeta>() == 72);
+    assert!(core::mem::size_of::<ClientKey>() == 20);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are #[repr(C)], Copy, contain only integers and have no padding (asserted above).
+    unsafe impl aya::Pod for super::PortRanges {}
+    unsafe impl aya::Pod for super::AgentConfig {}
+    unsafe impl aya::Pod for super::ConnMeta {}
+    unsafe impl aya::Pod for super::ClientKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_respect_len() {
+        let mut r = PortRanges {
+            len: 1,
+            ..Default::default()
+        };
+        r.ranges[0] = PortRange {
+            first: 80,
+            last: 80,
+        };
+        r.ranges[1] = PortRange {
+            first: 443,
+            last: 443,
+        };
+        assert!(r.contains(80));
+        assert!(!r.contains(443), "entries past len are ignored");
+        r.len = 2;
+        assert!(r.contains(443));
+        assert!(!r.contains(81));
+    }
+
+    #[test]
+    fn v4_mapping() {
+        let ip = v4_mapped_from_be(u32::from_be_bytes([10, 0, 0, 1]).to_be());
+        assert!(is_v4_mapped(&ip));
+        assert!(!is_v4_mapped(&[0, 0, 0, 1u32.to_be()]));
+    }
+}

@@ -1,0 +1,352 @@
+//! Kernel half of the enforcer: redirect connects toward protected destinations to the agent.
+//!
+//! - `cgroup/connect4`, `cgroup/connect6`: a TCP connect whose destination is in `PROTECTED`
+//!   gets a [`ConnMeta`] recorded under its socket cookie and its destination rewritten to the
+//!   agent's listener. The agent's own connects (matched by tgid) and everything else pass.
+//! - `sockops`: when a redirected connection is established, re-key its record by the client's
+//!   address so the agent can find it from an accepted socket's peer address; drop the cookie
+//!   record when the socket closes.
+//! - `cgroup/getpeername4`, `cgroup/getpeername6`: report the original destination as the peer,
+//!   so the application cannot tell it was redirected.
+//!
+//! Hooked kernel interfaces (uapi/linux/bpf.h, `struct bpf_sock_addr`, `struct bpf_sock_ops`):
+//! <https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/bpf.h>
+#![no_std]
+#![no_main]
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{
+        Array, LruHashMap, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{SockAddrContext, SockOpsContext},
+};
+use aya_log_ebpf::{debug, warn};
+use enforcer_common::{
+    AgentConfig, CONFIG_HAS_V6, CONN_MAX_ENTRIES, COUNTERS_LEN, ClientKey, ConnMeta, Counter,
+    Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, is_v4_mapped, v4_mapped_from_be,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u32 = 1;
+
+/// cgroup/connect* and getpeername* return values.
+const ALLOW: i32 = 1;
+/// Makes connect() fail with EPERM.
+const REFUSE: i32 = 0;
+
+#[map(name = "PROTECTED")]
+static PROTECTED: LpmTrie<Ip6Words, PortRanges> =
+    LpmTrie::with_max_entries(PROTECTED_MAX_ENTRIES, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "CONN_BY_COOKIE")]
+static CONN_BY_COOKIE: LruHashMap<u64, ConnMeta> =
+    LruHashMap::with_max_entries(CONN_MAX_ENTRIES, 0);
+
+#[map(name = "CONN_BY_CLIENT")]
+static CONN_BY_CLIENT: LruHashMap<ClientKey, ConnMeta> =
+    LruHashMap::with_max_entries(CONN_MAX_ENTRIES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static AgentConfig> {
+    CONFIG.get(0)
+}
+
+/// Whether a connect to `ip`:`port_be` must go through the agent.
+#[inline(always)]
+fn is_protected(ip: Ip6Words, port_be: u16) -> bool {
+    match PROTECTED.get(&Key::new(128, ip)) {
+        Some(ranges) => ranges.contains(u16::from_be(port_be)),
+        None => false,
+    }
+}
+
+/// Record who is calling and where to, under the socket's cookie. `false` if it could not be
+/// stored, in which case the caller refuses the connect rather than let it bypass the agent.
+#[inline(always)]
+fn record(ctx: &SockAddrContext, orig_ip: Ip6Words, orig_port_be: u16, family: u16) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let meta = ConnMeta {
+        orig_ip,
+        orig_port_be,
+        family,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        // SAFETY: helpers without pointer arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        connect_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // SAFETY: the context is a socket-bearing sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if CONN_BY_COOKIE
+        .insert(&cookie, &meta, BPF_ANY as u64)
+        .is_err()
+    {
+        count(Counter::MapFull);
+        warn!(ctx, "connect record not stored: map full");
+        return false;
+    }
+    true
+}
+
+/// Whether the caller is the agent itself (any of its threads).
+#[inline(always)]
+fn is_agent(cfg: &AgentConfig) -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.agent_tgid
+}
+
+// === connect ===
+
+#[cgroup_sock_addr(connect4)]
+pub fn enf_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands a valid context; fields are read one at a time.
+    let (sock_type, ip4_be, port_be) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.type_, sa.user_ip4, sa.user_port as u16)
+    };
+    if sock_type != SOCK_STREAM {
+        return ALLOW;
+    }
+    let orig_ip = v4_mapped_from_be(ip4_be);
+    if !is_protected(orig_ip, port_be) {
+        count(Counter::Passed);
+        return ALLOW;
+    }
+    // Fail closed: with no configuration there is no agent to send the call to.
+    let Some(cfg) = config() else {
+        return REFUSE;
+    };
+    if is_agent(cfg) {
+        count(Counter::AgentPassed);
+        return ALLOW;
+    }
+    if !record(&ctx, orig_ip, port_be, AF_INET) {
+        return REFUSE;
+    }
+    // SAFETY: user_ip4 and user_port are writable in connect4.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = cfg.listen_ip4_be;
+        (*ctx.sock_addr).user_port = cfg.listen_port4_be as u32;
+    }
+    count(Counter::Redirected);
+    debug!(&ctx, "redirected connect4");
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn enf_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: valid context; user_ip6 is read word by word (the verifier rejects an array read).
+    let (sock_type, orig_ip, port_be) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            (*sa).type_,
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            (*sa).user_port as u16,
+        )
+    };
+    if sock_type != SOCK_STREAM {
+        return ALLOW;
+    }
+    if !is_protected(orig_ip, port_be) {
+        count(Counter::Passed);
+        return ALLOW;
+    }
+    let Some(cfg) = config() else {
+        return REFUSE;
+    };
+    if is_agent(cfg) {
+        count(Counter::AgentPassed);
+        return ALLOW;
+    }
+    // A dual-stack socket calling an IPv4 peer goes to the IPv4 listener, in mapped form.
+    let (ip, port) = if is_v4_mapped(&orig_ip) {
+        (v4_mapped_from_be(cfg.listen_ip4_be), cfg.listen_port4_be)
+    } else if cfg.flags & CONFIG_HAS_V6 != 0 {
+        (cfg.listen_ip6, cfg.listen_port6_be)
+    } else {
+        count(Counter::NoListener);
+        return REFUSE;
+    };
+    if !record(&ctx, orig_ip, port_be, AF_INET6) {
+        return REFUSE;
+    }
+    // SAFETY: user_ip6 and user_port are writable in connect6; written word by word.
+    unsafe {
+        let sa = ctx.sock_addr;
+        (*sa).user_ip6[0] = ip[0];
+        (*sa).user_ip6[1] = ip[1];
+        (*sa).user_ip6[2] = ip[2];
+        (*sa).user_ip6[3] = ip[3];
+        (*sa).user_port = port as u32;
+    }
+    count(Counter::Redirected);
+    debug!(&ctx, "redirected connect6");
+    ALLOW
+}
+
+// === getpeername ===
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn enf_getpeer4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: socket-bearing context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(meta) = unsafe { CONN_BY_COOKIE.get(&cookie) } {
+        let (ip, port) = (meta.orig_ip[3], meta.orig_port_be);
+        // SAFETY: user_ip4 and user_port are writable in getpeername4.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = ip;
+            (*ctx.sock_addr).user_port = port as u32;
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn enf_getpeer6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: socket-bearing context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(meta) = unsafe { CONN_BY_COOKIE.get(&cookie) } {
+        let (ip, port) = (meta.orig_ip, meta.orig_port_be);
+        // SAFETY: user_ip6 and user_port are writable in getpeername6.
+        unsafe {
+            let sa = ctx.sock_addr;
+            (*sa).user_ip6[0] = ip[0];
+            (*sa).user_ip6[1] = ip[1];
+            (*sa).user_ip6[2] = ip[2];
+            (*sa).user_ip6[3] = ip[3];
+            (*sa).user_port = port as u32;
+        }
+    }
+    ALLOW
+}
+
+// === sock_ops ===
+
+#[sock_ops]
+pub fn enf_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        // args[1] is the new state.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // SAFETY: socket-bearing context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = CONN_BY_COOKIE.remove(&cookie);
+        }
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext) {
+    // SAFETY: socket-bearing context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let Some(meta) = (unsafe { CONN_BY_COOKIE.get(&cookie) }).copied() else {
+        // Most established connections were never redirected; only a redirected one whose
+        // record vanished (LRU eviction) is a miss.
+        if let Some(cfg) = config()
+            && is_to_listener(ctx, cfg)
+        {
+            count(Counter::LookupMiss);
+        }
+        return;
+    };
+    // Every field is read unconditionally, then the values are chosen: loads in the two arms
+    // of a branch get merged by LLVM into one load through a computed context pointer, which
+    // the verifier rejects.
+    // SAFETY: in-bounds fields of the kernel-provided context.
+    let (family, ip4, ip6) = unsafe {
+        let ops = ctx.ops;
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+        )
+    };
+    let ip = if family == AF_INET as u32 {
+        v4_mapped_from_be(ip4)
+    } else {
+        ip6
+    };
+    let key = ClientKey {
+        ip,
+        // SAFETY: as above.
+        port: unsafe { read_volatile(&(*ctx.ops).local_port) },
+    };
+    if CONN_BY_CLIENT.insert(&key, &meta, BPF_ANY as u64).is_err() {
+        count(Counter::MapFull);
+        warn!(ctx, "client record not stored: map full");
+        return;
+    }
+    // Ask for state callbacks on this socket only, to forget its cookie record at close.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+}
+
+/// Whether the socket's peer is one of the agent's listeners.
+#[inline(always)]
+fn is_to_listener(ctx: &SockOpsContext, cfg: &AgentConfig) -> bool {
+    // remote_port holds the port in network byte order in its upper 16 bits.
+    let port_be = (ctx.remote_port() >> 16) as u16;
+    if ctx.family() == AF_INET as u32 {
+        ctx.remote_ip4() == cfg.listen_ip4_be && port_be == cfg.listen_port4_be
+    } else {
+        port_be == cfg.listen_port4_be || port_be == cfg.listen_port6_be
+    }
+}
+
+/// Any reachable panic leaves an infinite loop, which the verifier rejects at load: panics
+/// are found when the agent starts, never at run time.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,308 @@
+//! Who is calling: the kernel's attested record of a connect, enriched from /proc.
+//!
+//! The kernel attests tgid, thread id, uid, gid, cgroup id and comm at the moment of the call.
+//! The agent adds the executable's path and SHA-256, the user and group names, and the cgroup
+//! path with the systemd unit or container id it names. /proc is read after the fact, so each
+//! enrichment is checked against pid reuse: a process that started after the connect is not the
+//! caller, and its attributes are not attached (`pid_reused`).
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    fs::{self, File},
+    io::{self, Read},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use enforcer_common::ConnMeta;
+use sha2::{Digest, Sha256};
+
+/// Entries each cache holds before it is cleared. Bounds memory whatever the host runs.
+const CACHE_CAPACITY: usize = 4096;
+
+/// A caller, as far as it could be attested.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub user: Option<Arc<str>>,
+    pub group: Option<Arc<str>>,
+    pub process: Option<Arc<Process>>,
+    pub cgroup: Option<Arc<Cgroup>>,
+    /// Why `process` is missing, if it is.
+    pub unresolved: Option<Unresolved>,
+}
+
+/// Attributes of the calling process, read from /proc once per (tgid, start time).
+#[derive(Debug)]
+pub struct Process {
+    pub exe: PathBuf,
+    /// Lowercase hex SHA-256 of the executable's content.
+    pub sha256: Arc<str>,
+}
+
+/// The caller's cgroup and what it says about the workload.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub path: String,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+}
+
+/// Why process attributes are missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The process exited before the agent read /proc.
+    ProcessExited,
+    /// The pid now belongs to a process that started after the connect.
+    PidReused,
+    /// /proc or the executable could not be read.
+    Unreadable,
+}
+
+impl Unresolved {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unresolved::ProcessExited => "process_exited",
+            Unresolved::PidReused => "pid_reused",
+            Unresolved::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// Resolves kernel records into identities, with caches.
+pub struct Resolver {
+    cgroup_root: PathBuf,
+    /// Nanoseconds per clock tick of /proc/<pid>/stat's start time.
+    ns_per_tick: u64,
+    processes: Mutex<HashMap<(u32, u64), Arc<Process>>>,
+    /// Digest by file identity, so one binary run by many processes is hashed once.
+    digests: Mutex<HashMap<FileKey, Arc<str>>>,
+    cgroups: Mutex<HashMap<u64, Arc<Cgroup>>>,
+    users: Mutex<HashMap<u32, Option<Arc<str>>>>,
+    groups: Mutex<HashMap<u32, Option<Arc<str>>>>,
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Resolver {
+    pub fn new(cgroup_root: PathBuf) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = if ticks > 0 { ticks as u64 } else { 100 };
+        Self {
+            cgroup_root,
+            ns_per_tick: 1_000_000_000 / ticks,
+            processes: Mutex::default(),
+            digests: Mutex::default(),
+            cgroups: Mutex::default(),
+            users: Mutex::default(),
+            groups: Mutex::default(),
+        }
+    }
+
+    /// Resolve a kernel record. Blocking: reads /proc and, the first time a binary is seen,
+    /// hashes it. Call it off the async runtime's worker threads.
+    pub fn resolve(&self, meta: &ConnMeta) -> Identity {
+        let (process, unresolved) = match self.process(meta) {
+            Ok(p) => (Some(p), None),
+            Err(why) => (None, Some(why)),
+        };
+        Identity {
+            tgid: meta.tgid,
+            pid: meta.pid,
+            uid: meta.uid,
+            gid: meta.gid,
+            comm: comm(&meta.comm),
+            cgroup_id: meta.cgroup_id,
+            user: cached(&self.users, meta.uid, || user_name(meta.uid)),
+            group: cached(&self.groups, meta.gid, || group_name(meta.gid)),
+            process,
+            cgroup: self.cgroup(meta),
+            unresolved,
+        }
+    }
+
+    fn process(&self, meta: &ConnMeta) -> Result<Arc<Process>, Unresolved> {
+        let proc_dir = PathBuf::from(format!("/proc/{}", meta.tgid));
+        let start = self.checked_start(&proc_dir, meta)?;
+        let key = (meta.tgid, start);
+        if let Some(p) = lock(&self.processes).get(&key) {
+            return Ok(p.clone());
+        }
+        let exe_link = proc_dir.join("exe");
+        let exe = fs::read_link(&exe_link).map_err(|_| Unresolved::Unreadable)?;
+        let sha256 = self.digest(&exe_link).map_err(|_| Unresolved::Unreadable)?;
+        // The same process must still hold the pid after the reads, or they may describe
+        // another one.
+        if self.checked_start(&proc_dir, meta)? != start {
+            return Err(Unresolved::PidReused);
+        }
+        let process = Arc::new(Process { exe, sha256 });
+        insert_bounded(&self.processes, key, process.clone());
+        Ok(process)
+    }
+
+    /// The process's start time in ticks since boot, if it could have made the connect.
+    fn checked_start(&self, proc_dir: &Path, meta: &ConnMeta) -> Result<u64, Unresolved> {
+        let stat = fs::read_to_string(proc_dir.join("stat")).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Unresolved::ProcessExited
+            } else {
+                Unresolved::Unreadable
+            }
+        })?;
+        let start = start_time_ticks(&stat).ok_or(Unresolved::Unreadable)?;
+        // Start time has tick resolution: allow one tick of rounding.
+        if start.saturating_mul(self.ns_per_tick) > meta.connect_boot_ns + self.ns_per_tick {
+            return Err(Unresolved::PidReused);
+        }
+        Ok(start)
+    }
+
+    /// SHA-256 of the file behind `exe_link`, cached by file identity. Opening the /proc link
+    /// reaches the very inode the process runs, even if its path was replaced or removed.
+    fn digest(&self, exe_link: &Path) -> io::Result<Arc<str>> {
+        let mut file = File::open(exe_link)?;
+        let md = file.metadata()?;
+        let key = FileKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+        };
+        if let Some(d) = lock(&self.digests).get(&key) {
+            return Ok(d.clone());
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest: Arc<str> = hex(&hasher.finalize()).into();
+        insert_bounded(&self.digests, key, digest.clone());
+        Ok(digest)
+    }
+
+    fn cgroup(&self, meta: &ConnMeta) -> Option<Arc<Cgroup>> {
+        if let Some(c) = lock(&self.cgroups).get(&meta.cgroup_id) {
+            return Some(c.clone());
+        }
+        let text = fs::read_to_string(format!("/proc/{}/cgroup", meta.tgid)).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+        // The process may have moved since the connect: only trust a path whose directory is
+        // the cgroup the kernel named.
+        let ino = fs::metadata(self.cgroup_root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        if ino != meta.cgroup_id {
+            return None;
+        }
+        let cgroup = Arc::new(Cgroup {
+            unit: systemd_unit(&path).map(str::to_owned),
+            container: container_id(&path).map(str::to_owned),
+            path,
+        });
+        insert_bounded(&self.cgroups, meta.cgroup_id, cgroup.clone());
+        Some(cgroup)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, k: K, v: V) {
+    let mut map = lock(map);
+    if map.len() >= CACHE_CAPACITY {
+        map.clear();
+    }
+    map.insert(k, v);
+}
+
+fn cached(
+    map: &Mutex<HashMap<u32, Option<Arc<str>>>>,
+    id: u32,
+    lookup: impl FnOnce() -> Option<String>,
+) -> Option<Arc<str>> {
+    if let Some(name) = lock(map).get(&id) {
+        return name.clone();
+    }
+    let name: Option<Arc<str>> = lookup().map(Into::into);
+    insert_bounded(map, id, name.clone());
+    name
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    nix::unistd::Group::from_gid(gid.into())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Field 22 (starttime) of /proc/<pid>/stat. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn start_time_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // after_comm starts at field 3 (state); starttime is field 22.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The systemd unit a cgroup path names: the innermost `.service` or `.scope` component.
+fn systemd_unit(path: &str) -> Option<&str> {
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+}
+
+/// The container id a cgroup path names: a 64-hex-digit id, bare (`/docker/<id>`) or inside a
+/// runtime's scope name (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope`).
+fn container_id(path: &str) -> Option<&str> {
+    path.rsplit('/').find_map(|component| {
+        let id = component.strip_suffix(".scope").unwrap_or(component);
+        let id = id.rsplit(['-', ':']).next().unwrap_or(id);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! enforcer: host-level API traffic enforcer. See README.md and DESIGN.md.
+
+mod identity;
+mod policy;
+mod proxy;
+mod redirect;
+
+use std::{
+    io,
+    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::TcpListener,
+    signal::unix::SignalKind,
+};
+use tracing::{info, warn};
+
+use crate::{
+    identity::Resolver,
+    policy::Policy,
+    proxy::{Relay, Stats},
+    redirect::{Listeners, Redirect},
+};
+
+#[derive(Parser)]
+#[command(version, about = "eBPF-based host-level API traffic enforcer")]
+struct Cli {
+    /// Log format of the agent's own logs (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Redirect connects toward protected destinations through this agent.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Policy file (YAML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// cgroup v2 directory whose processes (and descendants) are enforced.
+    /// Default: the cgroup v2 root, i.e. the whole host.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// IPv4 loopback address the kernel redirects to. Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    listen: SocketAddrV4,
+    /// IPv6 listener. Default: [::1] on the IPv4 listener's port; without one, connects to
+    /// protected IPv6 destinations are refused.
+    #[arg(long)]
+    listen6: Option<SocketAddrV6>,
+    /// Seconds to wait for an original destination to accept before resetting the client.
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("enforcer: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
+        bail!("--connect-timeout must be a positive number of seconds");
+    }
+    let policy = Arc::new(Policy::load(&args.policy)?);
+    let cgroup = match args.cgroup {
+        Some(path) => path,
+        None => redirect::cgroup2_root()?,
+    };
+
+    let listener4 = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let SocketAddr::V4(listen4) = listener4.local_addr()? else {
+        unreachable!("bound to an IPv4 address")
+    };
+    let (listener6, listen6) = bind6(args.listen6, listen4.port()).await?;
+    let listeners = Listeners {
+        v4: listen4,
+        v6: listen6,
+    };
+
+    let destinations: Vec<_> = policy.destinations().map(|(_, d)| *d).collect();
+    let kernel_log_level = if tracing::enabled!(tracing::Level::DEBUG) {
+        aya_log::Level::Debug
+    } else {
+        aya_log::Level::Warn
+    };
+    let (redirect, logger) = Redirect::attach(&cgroup, listeners, &destinations, kernel_log_level)
+        .context("cannot attach")?;
+    let redirect = Arc::new(redirect);
+    if let Some(logger) = logger {
+        tokio::spawn(forward_kernel_logs(logger));
+    }
+
+    let stats = Arc::new(Stats::default());
+    let relay = Arc::new(Relay {
+        policy: policy.clone(),
+        resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
+        stats: stats.clone(),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+    });
+    let mut accept_loops = vec![tokio::spawn(proxy::serve(
+        listener4,
+        redirect.clone(),
+        relay.clone(),
+    ))];
+    if let Some(listener6) = listener6 {
+        accept_loops.push(tokio::spawn(proxy::serve(
+            listener6,
+            redirect.clone(),
+            relay.clone(),
+        )));
+    }
+    info!(
+        event = "ready",
+        cgroup = %redirect.cgroup().display(),
+        listen = %listen4,
+        listen6 = listen6.map(tracing::field::display),
+        services = policy.services.len(),
+        "enforcer ready"
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    for task in &accept_loops {
+        task.abort();
+    }
+    for task in accept_loops {
+        let _ = task.await;
+    }
+    let kernel = redirect.counters();
+    let redirect = Arc::into_inner(redirect)
+        .context("BUG: the redirect is still shared after the accept loops ended")?;
+    drop(redirect);
+    use std::sync::atomic::Ordering::Relaxed;
+    let count = |name| {
+        kernel
+            .iter()
+            .find(|(c, _)| c.name() == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    info!(
+        event = "detached",
+        redirected = count("redirected"),
+        passed = count("passed"),
+        agent_passed = count("agent_passed"),
+        lookup_miss = count("lookup_miss"),
+        map_full = count("map_full"),
+        no_listener = count("no_listener"),
+        accepted = stats.accepted.load(Relaxed),
+        no_record = stats.no_record.load(Relaxed),
+        upstream_failed = stats.upstream_failed.load(Relaxed),
+        "programs detached"
+    );
+    Ok(())
+}
+
+/// Bind the IPv6 listener: the address given, or [::1] on the IPv4 listener's port. A host
+/// without IPv6 runs without it (protected IPv6 destinations are then refused in the kernel).
+async fn bind6(
+    requested: Option<SocketAddrV6>,
+    port4: u16,
+) -> anyhow::Result<(Option<TcpListener>, Option<SocketAddrV6>)> {
+    let addr = requested.unwrap_or(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port4, 0, 0));
+    match TcpListener::bind(addr).await {
+        Ok(l) => match l.local_addr()? {
+            SocketAddr::V6(a) => Ok((Some(l), Some(a))),
+            SocketAddr::V4(_) => unreachable!("bound to an IPv6 address"),
+        },
+        Err(e) if requested.is_none() && e.kind() == io::ErrorKind::AddrNotAvailable => {
+            warn!(error = %e, "no IPv6 loopback: connects to IPv6 destinations will be refused");
+            Ok((None, None))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+/// Pass the programs' aya-log records to the agent's log.
+async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's descriptor and neither closes nor replaces it
+    // while registered here.
+    let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };
+    let Ok(mut logger) = registered else {
+        return warn!("kernel log unavailable");
+    };
+    loop {
+        let Ok(mut guard) = logger.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

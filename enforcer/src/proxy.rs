@@ -1,0 +1,175 @@
+//! The accept/forward loop.
+//!
+//! Enforces: only connections the kernel redirected are served; a connection without a kernel
+//! record is reset. Each redirected connection is relayed to its original destination, both
+//! directions, with half-close carried across. Reports: one log event per relayed connection
+//! with the caller's identity, one when it closes, and counters in [`Stats`].
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use enforcer_common::ConnMeta;
+use tokio::{
+    io::copy_bidirectional_with_sizes,
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    identity::{Identity, Resolver, Unresolved},
+    policy::Policy,
+    redirect::{self, Redirect},
+};
+
+/// Relay buffer per direction. 64 KiB moves bulk transfers in few syscalls; two per
+/// connection bound the relay's memory at 128 KiB per connection.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+/// Agent-side counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Redirected connections accepted and matched to a kernel record.
+    pub accepted: AtomicU64,
+    /// Connections that reached the listener with no kernel record; reset.
+    pub no_record: AtomicU64,
+    /// Connections whose original destination could not be reached; reset.
+    pub upstream_failed: AtomicU64,
+}
+
+/// What every connection task shares.
+pub struct Relay {
+    pub policy: Arc<Policy>,
+    pub resolver: Arc<Resolver>,
+    pub stats: Arc<Stats>,
+    pub connect_timeout: Duration,
+}
+
+/// Accept redirected connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Relay>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(meta) = redirect.take_record(peer) else {
+            relay.stats.no_record.fetch_add(1, Relaxed);
+            warn!(client = %peer, "connection without a kernel record: reset");
+            reset(stream);
+            continue;
+        };
+        relay.stats.accepted.fetch_add(1, Relaxed);
+        tokio::spawn(relay.clone().handle(stream, peer, meta));
+    }
+}
+
+impl Relay {
+    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+        let dst = redirect::original_destination(&meta);
+        // Identity (which may read /proc and hash a binary) and the upstream connect overlap.
+        let resolver = self.resolver.clone();
+        let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta));
+        let upstream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst));
+        let (identity, upstream) = tokio::join!(identity, upstream);
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(e) => {
+                warn!(client = %peer, error = %e, "BUG: identity resolution panicked: reset");
+                reset(client);
+                return;
+            }
+        };
+        let service = self.policy.service_for(dst.ip(), dst.port());
+        let mut upstream = match upstream {
+            Ok(Ok(upstream)) => upstream,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e,
+                    _ => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+                };
+                self.stats.upstream_failed.fetch_add(1, Relaxed);
+                log_connection(&identity, peer, dst, service, Some(&error));
+                reset(client);
+                return;
+            }
+        };
+        log_connection(&identity, peer, dst, service, None);
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        match copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER)
+            .await
+        {
+            Ok((sent, received)) => {
+                debug!(client = %peer, destination = %dst, sent, received, "connection closed")
+            }
+            Err(e) => {
+                debug!(client = %peer, destination = %dst, error = %e, "connection aborted");
+                // Pass an abort on as an abort: the other side must not take it for a clean end.
+                reset(client);
+                reset(upstream);
+            }
+        }
+    }
+}
+
+/// One event per redirected connection, with every attested attribute as its own field.
+fn log_connection(
+    id: &Identity,
+    client: SocketAddr,
+    destination: SocketAddr,
+    service: Option<&str>,
+    error: Option<&io::Error>,
+) {
+    let process = id.process.as_deref();
+    let cgroup = id.cgroup.as_deref();
+    macro_rules! event {
+        ($level:ident, $msg:literal $(, $extra:tt)*) => {
+            $level!(
+                event = "connection",
+                %client,
+                %destination,
+                service = service.unwrap_or("unknown"),
+                tgid = id.tgid,
+                pid = id.pid,
+                uid = id.uid,
+                gid = id.gid,
+                user = id.user.as_deref(),
+                group = id.group.as_deref(),
+                comm = %id.comm,
+                exe = process.map(|p| tracing::field::display(p.exe.display())),
+                sha256 = process.map(|p| &*p.sha256),
+                cgroup_id = id.cgroup_id,
+                cgroup = cgroup.map(|c| c.path.as_str()),
+                unit = cgroup.and_then(|c| c.unit.as_deref()),
+                container = cgroup.and_then(|c| c.container.as_deref()),
+                unresolved = id.unresolved.map(Unresolved::as_str),
+                $($extra,)*
+                $msg
+            )
+        };
+    }
+    match error {
+        None => event!(info, "relaying"),
+        Some(e) => {
+            let error = tracing::field::display(e);
+            event!(warn, "upstream unreachable: client reset", error)
+        }
+    }
+}
+
+/// Close with RST instead of FIN, so the peer sees a refusal or abort at once.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}

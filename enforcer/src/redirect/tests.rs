@@ -1,0 +1,118 @@
+use std::net::Ipv4Addr;
+
+use super::*;
+
+fn dest(prefix: &str, ports: (u16, u16)) -> Destination {
+    let (ip, len) = prefix.split_once('/').unwrap();
+    let ip: IpAddr = ip.parse().unwrap();
+    let extra = if ip.is_ipv4() { 96 } else { 0 };
+    let addr = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    Destination {
+        prefix: Prefix {
+            addr,
+            len: len.parse::<u8>().unwrap() + extra,
+        },
+        ports: Ports {
+            first: ports.0,
+            last: ports.1,
+        },
+    }
+}
+
+fn ranges(r: &PortRanges) -> Vec<(u16, u16)> {
+    r.ranges[..r.len as usize]
+        .iter()
+        .map(|p| (p.first, p.last))
+        .collect()
+}
+
+#[test]
+fn longer_prefixes_inherit_covering_ports() {
+    let entries = protected_entries(&[
+        dest("10.0.0.0/8", (80, 80)),
+        dest("10.1.0.0/16", (443, 443)),
+        dest("10.1.0.0/16", (444, 450)),
+        dest("10.1.0.0/16", (79, 81)),
+    ])
+    .unwrap();
+    assert_eq!(entries.len(), 2);
+    let by_len = |len: u32| {
+        entries
+            .iter()
+            .find(|(k, _)| k.prefix_len() == len)
+            .map(|(_, r)| ranges(r))
+            .unwrap()
+    };
+    assert_eq!(by_len(104), vec![(80, 80)]);
+    assert_eq!(by_len(112), vec![(79, 81), (443, 450)]);
+}
+
+#[test]
+fn too_many_port_ranges_is_an_error() {
+    let many: Vec<_> = (0..=MAX_PORT_RANGES as u16)
+        .map(|i| dest("10.0.0.1/32", (1000 + 2 * i, 1000 + 2 * i)))
+        .collect();
+    assert_eq!(
+        protected_entries(&many).unwrap_err().to_string(),
+        "destination 10.0.0.1/32: more than 16 distinct port ranges apply; merge some"
+    );
+}
+
+#[test]
+fn words_keep_network_byte_order() {
+    let words = ip6_words(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
+    assert_eq!(words[3].to_ne_bytes(), [10, 1, 2, 3]);
+    assert_eq!(
+        words,
+        enforcer_common::v4_mapped_from_be(u32::from_ne_bytes([10, 1, 2, 3]))
+    );
+    let ip: Ipv6Addr = "fd00::1234:5678".parse().unwrap();
+    assert_eq!(ip6_from_words(ip6_words(ip)), ip);
+}
+
+#[test]
+fn original_destination_unmaps_ipv4() {
+    let meta = ConnMeta {
+        orig_ip: ip6_words(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()),
+        orig_port_be: 8080u16.to_be(),
+        ..Default::default()
+    };
+    assert_eq!(
+        original_destination(&meta),
+        "192.0.2.1:8080".parse::<SocketAddr>().unwrap()
+    );
+}
+
+#[test]
+fn client_key_maps_ipv4_peers() {
+    let k4 = client_key("127.0.0.1:40000".parse().unwrap());
+    let k6 = client_key("[::ffff:127.0.0.1]:40000".parse().unwrap());
+    assert_eq!(k4, k6, "a dual-stack client and an IPv4 client key alike");
+    assert_eq!(k4.port, 40000);
+}
+
+#[test]
+fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+    let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+    assert_eq!(
+        cgroup2_root_in(hybrid),
+        Some(PathBuf::from("/sys/fs/cgroup/unified"))
+    );
+    let unified =
+        "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+    assert_eq!(
+        cgroup2_root_in(unified),
+        Some(PathBuf::from("/sys/fs/cgroup"))
+    );
+    let escaped = "30 23 0:26 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+    assert_eq!(cgroup2_root_in(escaped), Some(PathBuf::from("/mnt/my cg")));
+    assert_eq!(
+        cgroup2_root_in("31 23 0:28 / /sys rw - sysfs sysfs rw\n"),
+        None
+    );
+}
