@@ -1,1 +1,542 @@
+//! Harness for end-to-end tests: real cgroups, the real agent binary, real upstream servers.
+//!
+//! Everything a test creates is owned by a guard whose `Drop` undoes it, so a failing test
+//! still removes its cgroup and stops its agent (which detaches the programs).
 
+use std::{
+    fs,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether this process can run the privileged tests. Outside CI, a test that cannot run says
+/// why and passes vacuously; under `CI=true` it fails, so CI never skips silently.
+pub fn privileged() -> bool {
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string())
+    } else if cgroup2_root().is_none() {
+        Some("no cgroup v2 mount".to_string())
+    } else {
+        None
+    };
+    let Some(reason) = reason else { return true };
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let msg = format!("end-to-end test cannot run on kernel {}: {reason}", kernel.trim());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true: failing instead of skipping)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (fields, rest) = line.split_once(" - ")?;
+        let mount_point = fields.split_whitespace().nth(4)?;
+        (rest.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A path of a binary built beside this one (same target directory and profile).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Test binaries live in target/<profile>/deps, others in target/<profile>.
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+/// The agent binary: `ENFORCER_BIN`, or `enforcer` beside this binary.
+pub fn enforcer_binary() -> PathBuf {
+    let path = std::env::var_os("ENFORCER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling_binary("enforcer"));
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(fs::read(path).expect("read binary"));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Poll `f` until it returns `Some`, or panic after [`PATIENCE`] naming `what`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// === Cgroup ===
+
+/// A cgroup v2 directory made for one test; its processes are killed and it is removed on drop.
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let root = cgroup2_root().expect("cgroup2 mount");
+        let path = root.join(format!(
+            "enforcer-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup id the kernel reports: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+
+    /// A command whose process starts inside this cgroup, as root.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.command_as(program, None)
+    }
+
+    /// A command whose process starts inside this cgroup, optionally as `(uid, gid)`.
+    pub fn command_as(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        user: Option<(u32, u32)>,
+    ) -> Command {
+        let procs = self.path.join("cgroup.procs");
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls (open, write, close, set*id) between fork and
+        // exec; the path string was allocated before the fork.
+        let procs = std::ffi::CString::new(procs.into_os_string().into_encoded_bytes())
+            .expect("path without NUL");
+        unsafe {
+            cmd.pre_exec(move || {
+                // Move in first (as root), then drop privileges.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if !ok {
+                    return Err(err);
+                }
+                if let Some((uid, gid)) = user
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if Instant::now() > deadline {
+                eprintln!("cgroup {}: processes would not die", self.path.display());
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        // rmdir fails with EBUSY while exiting tasks are still being reaped.
+        while let Err(e) = fs::remove_dir(&self.path) {
+            if Instant::now() > deadline {
+                eprintln!("rmdir {}: {e}", self.path.display());
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+// === Agent ===
+
+/// A running `enforcer run`, started inside a test cgroup and attached to it.
+pub struct Agent {
+    child: Option<Child>,
+    events: Arc<(Mutex<Vec<Value>>, Condvar)>,
+    policy_file: PathBuf,
+    pub listen: SocketAddr,
+    pub listen6: Option<SocketAddr>,
+}
+
+impl Agent {
+    /// Start the agent with `policy` (YAML), attached to and running inside `cgroup`, and wait
+    /// until it is ready.
+    pub fn start(cgroup: &Cgroup, policy: &str) -> Self {
+        Self::start_with(cgroup, policy, &[])
+    }
+
+    pub fn start_with(cgroup: &Cgroup, policy: &str, extra_args: &[&str]) -> Self {
+        Self::spawn(&enforcer_binary(), cgroup, policy, extra_args)
+    }
+
+    /// Start `binary` as the agent (see [`Agent::start`]).
+    pub fn spawn(binary: &Path, cgroup: &Cgroup, policy: &str, extra_args: &[&str]) -> Self {
+        let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
+        fs::write(&policy_file, policy).expect("write policy");
+        let mut child = cgroup
+            .command(binary)
+            .args(["--log-format", "json", "run", "--policy"])
+            .arg(&policy_file)
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enforcer");
+        let events = Arc::new((Mutex::new(Vec::<Value>::new()), Condvar::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = events.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                let (lock, cv) = &*sink;
+                lock.lock().unwrap().push(value);
+                cv.notify_all();
+            }
+        });
+        let mut agent = Self {
+            child: Some(child),
+            events,
+            policy_file,
+            listen: "0.0.0.0:0".parse().unwrap(),
+            listen6: None,
+        };
+        let ready = agent.wait_event("agent ready", |e| e["event"] == "ready");
+        agent.listen = ready["listen"].as_str().unwrap().parse().unwrap();
+        agent.listen6 = ready["listen6"].as_str().map(|s| s.parse().unwrap());
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Every log event so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.0.lock().unwrap().clone()
+    }
+
+    /// Wait for the first event matching `pred`; panics with the log if the agent exits first.
+    pub fn wait_event(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let (lock, cv) = &*self.events;
+        let mut events = lock.lock().unwrap();
+        loop {
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                drop(events);
+                thread::sleep(Duration::from_millis(100)); // let the reader drain stderr
+                panic!(
+                    "agent exited ({status}) while waiting for {what}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "timed out waiting for {what}; log:\n{}", {
+                drop(events);
+                self.log_text()
+            });
+            events = cv
+                .wait_timeout(events, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// The `connection` event logged for client address `client`.
+    pub fn connection_event(&mut self, client: &str) -> Value {
+        self.wait_event(&format!("connection event for {client}"), |e| {
+            e["event"] == "connection" && e["client"] == client
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        self.events()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGTERM, wait for exit, and return the status and the final `detached` event.
+    pub fn stop(&mut self) -> (ExitStatus, Value) {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_child(&mut child);
+        // The reader thread ends at EOF; give it a moment to store the last lines.
+        let detached = wait_for("detached event", || {
+            self.events()
+                .into_iter()
+                .find(|e| e["event"] == "detached")
+        });
+        (status, detached)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            wait_child(&mut child);
+        }
+        let _ = fs::remove_file(&self.policy_file);
+    }
+}
+
+/// Wait for a child to exit; SIGKILL it if it does not within [`PATIENCE`].
+fn wait_child(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temp file path unique to a cgroup (and so to a test), readable by every user.
+pub fn cgroup_scoped_temp(cgroup: &Cgroup, name: &str) -> PathBuf {
+    let tag = cgroup.path().file_name().unwrap().to_string_lossy();
+    std::env::temp_dir().join(format!("{tag}-{name}"))
+}
+
+// === Upstreams ===
+
+/// A TCP server on a port the OS picks. Each connection is handled on its own thread; the
+/// server stops accepting when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Peer addresses of accepted connections, in order.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Server {
+    /// Greets each connection with `peer ADDR\n` (the address it sees), then echoes every
+    /// byte until the client half-closes, then half-closes itself.
+    pub fn echo(bind: &str) -> Self {
+        Self::start(bind, |mut s, peer| {
+            s.write_all(format!("peer {peer}\n").as_bytes())?;
+            let mut r = s.try_clone()?;
+            io::copy(&mut r, &mut s)?;
+            s.shutdown(Shutdown::Write)
+        })
+    }
+
+    /// Answers every HTTP/1.1 request with 200 and the body `peer=ADDR`, then closes.
+    pub fn http(bind: &str) -> Self {
+        Self::start(bind, |mut s, peer| {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte)? == 0 {
+                    return Ok(());
+                }
+                head.push(byte[0]);
+            }
+            let body = format!("peer={peer}");
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            s.shutdown(Shutdown::Write)
+        })
+    }
+
+    fn start(
+        bind: &str,
+        handler: impl Fn(TcpStream, SocketAddr) -> io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let handler = Arc::new(handler);
+        let (stop2, peers2) = (stop.clone(), peers.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let peer = conn.peer_addr().unwrap();
+                peers2.lock().unwrap().push(peer);
+                let handler = handler.clone();
+                thread::spawn(move || {
+                    let _ = handler(conn, peer);
+                });
+            }
+        });
+        Self { addr, stop, peers }
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+// === Clients ===
+
+/// Run the probe client (`src/bin/probe.rs`) with `args` via `cmd`, return its JSON report.
+pub fn run_probe(mut cmd: Command) -> Value {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run probe");
+    assert!(
+        out.status.success(),
+        "probe failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The probe binary.
+pub fn probe_binary() -> PathBuf {
+    let p = sibling_binary("probe");
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+// === bpftool ===
+
+/// IDs of the BPF programs attached to `cgroup` (via `bpftool cgroup show`).
+pub fn attached_program_ids(cgroup: &Path) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (apt-get install bpftool; `cargo xtask setup` does)");
+    assert!(out.status.success(), "bpftool cgroup show failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_str(&text).expect("bpftool JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// IDs of the maps used by program `prog_id`.
+pub fn program_map_ids(prog_id: u64) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &prog_id.to_string()])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+/// Whether a BPF object (`prog` or `map`) with this id still exists.
+pub fn bpf_object_exists(kind: &str, id: u64) -> bool {
+    Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bpftool")
+        .success()
+}

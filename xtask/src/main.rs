@@ -1,1 +1,99 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test | bench`.
+
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; quick when all is there).
+    Setup,
+    /// Set up, build, and run the agent on the shipped default policy for the whole host.
+    Run {
+        /// Policy file.
+        #[arg(long, default_value = "examples/policy.yaml")]
+        policy: String,
+        /// Extra arguments for `enforcer run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests, then the end-to-end tests (as root) in the dev
+    /// and release profiles.
+    Test,
+    /// Set up, then measure the data path against baselines in one run; prints ratios.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Run { policy, args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "enforcer"])?;
+            let mut cmd = Command::new("target/release/enforcer");
+            cmd.args(["run", "--policy", &policy]).args(&args);
+            // Replace this process: signals (Ctrl-C) then reach the agent directly.
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            Err(err).context("exec target/release/enforcer")
+        }
+        Task::Test => test(),
+        Task::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::run()?;
+    // Unit tests of every host crate (the kernel crate only builds for BPF).
+    cargo(&["test", "--workspace", "--exclude", "enforcer-ebpf", "--exclude", "enforcer-tests"])?;
+    for profile in [&[][..], &["--release"][..]] {
+        let mut build = vec!["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"];
+        build.extend_from_slice(profile);
+        cargo(&build)?;
+        // End-to-end tests share the host's cgroups and BPF: one at a time.
+        let mut run = vec!["test", "-p", "enforcer-tests"];
+        run.extend_from_slice(profile);
+        run.extend_from_slice(&["--", "--test-threads=1"]);
+        if unsafe { libc::geteuid() } == 0 {
+            cargo(&run)?;
+        } else {
+            // Build unprivileged, run only the test binaries as root.
+            let mut sudo = vec!["--config", "target.'cfg(all())'.runner='sudo -E'"];
+            sudo.extend_from_slice(&run);
+            cargo(&sudo)?;
+        }
+    }
+    Ok(())
+}
+
+/// Run cargo with `args` from the workspace root; fail if it fails.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
+}

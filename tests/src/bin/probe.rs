@@ -1,0 +1,160 @@
+//! A real TCP client for end-to-end tests and benchmarks. Prints one JSON object on stdout.
+//!
+//! - `probe echo ADDR BYTES`: talk to an echo upstream (see `enforcer_tests::EchoServer`):
+//!   read the `peer ADDR` line it greets with, stream BYTES of a pattern while reading the echo,
+//!   half-close, read to EOF and check every byte. Reports our address, `getpeername`, what the
+//!   upstream saw, counts, and an error kind if the exchange failed.
+//! - `probe connect-rate ADDR SECONDS`: connect and close in a loop; reports connects/second.
+//! - `probe pingpong ADDR ROUNDS SIZE`: request/response of SIZE bytes over one connection;
+//!   reports latency percentiles in microseconds.
+//! - `probe stream ADDR MIB`: send MIB mebibytes and read the echo; reports MiB/s.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
+    let addr: SocketAddr = arg(1).parse().unwrap_or_else(|_| usage());
+    let num = |i: usize| -> u64 { arg(i).parse().unwrap_or_else(|_| usage()) };
+    let out = match arg(0) {
+        "echo" => echo(addr, num(2)),
+        "connect-rate" => connect_rate(addr, num(2)),
+        "pingpong" => pingpong(addr, num(2), num(3) as usize),
+        "stream" => stream(addr, num(2)),
+        _ => usage(),
+    };
+    println!("{out}");
+}
+
+fn usage() -> ! {
+    eprintln!("usage: probe echo|connect-rate|pingpong|stream ADDR ARGS...");
+    std::process::exit(2)
+}
+
+/// Byte `i` of the test pattern: not periodic on any power of two, so shifted or dropped
+/// chunks are caught.
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn echo(addr: SocketAddr, bytes: u64) -> serde_json::Value {
+    let started = Instant::now();
+    let mut report = json!({ "pid": std::process::id(), "sent": 0, "received": 0 });
+    let result = (|| -> io::Result<()> {
+        let stream = TcpStream::connect(addr)?;
+        report["local"] = json!(stream.local_addr()?.to_string());
+        report["peer"] = json!(stream.peer_addr()?.to_string());
+        let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        let saw = greeting
+            .strip_prefix("peer ")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no greeting"))?;
+        report["upstream_saw"] = json!(saw.trim());
+
+        let mut writer = stream;
+        let sender = thread::spawn(move || -> io::Result<u64> {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut sent = 0u64;
+            while sent < bytes {
+                let n = buf.len().min((bytes - sent) as usize);
+                for (j, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern(sent + j as u64);
+                }
+                writer.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+            writer.shutdown(Shutdown::Write)?;
+            Ok(sent)
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received = 0u64;
+        let mut intact = true;
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            intact &= buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(j, &b)| b == pattern(received + j as u64));
+            received += n as u64;
+        }
+        let sent = sender.join().expect("sender thread")?;
+        report["sent"] = json!(sent);
+        report["received"] = json!(received);
+        report["intact"] = json!(intact && received == sent);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        report["error"] = json!(format!("{:?}", e.kind()));
+        report["error_message"] = json!(e.to_string());
+    }
+    report["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
+    report
+}
+
+fn connect_rate(addr: SocketAddr, seconds: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut connects = 0u64;
+    let mut errors = 0u64;
+    while Instant::now() < deadline {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                // RST on close keeps TIME_WAIT from exhausting ephemeral ports.
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                connects += 1;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    json!({ "connects": connects, "errors": errors, "per_second": connects as f64 / secs })
+}
+
+fn pingpong(addr: SocketAddr, rounds: u64, size: usize) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("greeting");
+    let msg = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    let mut lat_us = Vec::with_capacity(rounds as usize);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.write_all(&msg).expect("write");
+        reader.read_exact(&mut back).expect("read");
+        lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let total = started.elapsed().as_secs_f64();
+    lat_us.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat_us[((lat_us.len() - 1) as f64 * p).round() as usize];
+    json!({
+        "rounds": rounds,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "per_second": rounds as f64 / total,
+    })
+}
+
+fn stream(addr: SocketAddr, mib: u64) -> serde_json::Value {
+    let started = Instant::now();
+    let report = echo(addr, mib * 1024 * 1024);
+    let secs = started.elapsed().as_secs_f64();
+    json!({
+        "mib": mib,
+        "intact": report["intact"],
+        "mib_per_second": mib as f64 / secs,
+    })
+}
