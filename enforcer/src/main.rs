@@ -151,6 +151,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             relay.clone(),
         )));
     }
+    // Handlers first: a supervisor may signal as soon as it sees "ready".
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     info!(
         event = "ready",
         cgroup = %redirect.cgroup().display(),
@@ -160,8 +163,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "enforcer ready"
     );
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
@@ -220,7 +221,7 @@ async fn bind6(
 }
 
 /// Pass the programs' aya-log records to the agent's log.
-async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+async fn forward_kernel_logs(logger: redirect::KernelLog) {
     // SAFETY: the logger owns its ring buffer's descriptor and neither closes nor replaces it
     // while registered here.
     let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };

@@ -293,8 +293,14 @@ impl FromStr for Endpoint {
                 .ok_or_else(|| bad("expected `]:PORT`".into()))?;
             (host, ports)
         } else {
-            s.rsplit_once(':')
-                .ok_or_else(|| bad("expected HOST:PORT".into()))?
+            let (host, ports) = s
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected HOST:PORT".into()))?;
+            // `fd00::1:80` could mean port 80 of fd00::1 or be an address without a port.
+            if host.contains(':') {
+                return Err(bad("an IPv6 address must be written in brackets".into()));
+            }
+            (host, ports)
         };
         let ports: Ports = ports.parse().map_err(bad)?;
         if let Some((ip, len)) = host.split_once('/') {
@@ -308,9 +314,6 @@ impl FromStr for Endpoint {
         }
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Endpoint::Prefix(Prefix::host(ip), ports));
-        }
-        if host.contains(':') {
-            return Err(bad("an IPv6 address must be written in brackets".into()));
         }
         let valid_host = !host.is_empty()
             && host.len() <= 253

@@ -85,6 +85,9 @@ pub enum Error {
     TooManyPrefixes,
 }
 
+/// Reader of the programs' aya-log records.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// Where the agent listens for redirected connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Listeners {
@@ -109,7 +112,7 @@ impl Redirect {
         listeners: Listeners,
         destinations: &[Destination],
         kernel_log_level: aya_log::Level,
-    ) -> Result<(Self, Option<aya_log::EbpfLogger<&'static dyn log::Log>>), Error> {
+    ) -> Result<(Self, Option<KernelLog>), Error> {
         check_capabilities()?;
         let cgroup_dir = open_cgroup(cgroup)?;
         let entries = protected_entries(destinations)?;

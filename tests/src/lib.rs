@@ -35,7 +35,10 @@ pub fn privileged() -> bool {
     };
     let Some(reason) = reason else { return true };
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let msg = format!("end-to-end test cannot run on kernel {}: {reason}", kernel.trim());
+    let msg = format!(
+        "end-to-end test cannot run on kernel {}: {reason}",
+        kernel.trim()
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg} (CI=true: failing instead of skipping)");
     }
@@ -337,13 +340,19 @@ impl Agent {
         // SAFETY: plain syscall on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = wait_child(&mut child);
-        // The reader thread ends at EOF; give it a moment to store the last lines.
-        let detached = wait_for("detached event", || {
-            self.events()
-                .into_iter()
-                .find(|e| e["event"] == "detached")
-        });
-        (status, detached)
+        // The reader thread stores the last lines at EOF, just after the exit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| e["event"] == "detached") {
+                return (status, e);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent exited ({status}) without a `detached` event; log:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -57,7 +57,14 @@ fn main() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     setup::run()?;
     // Unit tests of every host crate (the kernel crate only builds for BPF).
-    cargo(&["test", "--workspace", "--exclude", "enforcer-ebpf", "--exclude", "enforcer-tests"])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--exclude",
+        "enforcer-tests",
+    ])?;
     for profile in [&[][..], &["--release"][..]] {
         let mut build = vec!["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"];
         build.extend_from_slice(profile);

@@ -14,8 +14,11 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-30";
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and benchmarks run: bpftool proves nothing is left attached,
 /// curl is a real client, haproxy the peer proxy the benchmarks compare with.
-const DEBIAN_PACKAGES: [(&str, &str); 3] =
-    [("bpftool", "bpftool"), ("curl", "curl"), ("haproxy", "haproxy")];
+const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+    ("bpftool", "bpftool"),
+    ("curl", "curl"),
+    ("haproxy", "haproxy"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     ebpf_toolchain()?;
@@ -25,9 +28,17 @@ pub fn run() -> anyhow::Result<()> {
 
 fn ebpf_toolchain() -> anyhow::Result<()> {
     let has_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"));
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        });
     if has_src {
         return Ok(());
     }
@@ -70,21 +81,27 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     if unsafe { libc::geteuid() } != 0 {
-        bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root, or apt-get install them");
+        bail!(
+            "missing Debian packages {missing:?}: run `cargo xtask setup` as root, or apt-get install them"
+        );
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
     exec(Command::new("apt-get").arg("update").stdout(Stdio::null()))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null()))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()),
+    )
 }
 
 fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file())
-            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(bin).is_file())
+            || ["/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| std::path::Path::new(d).join(bin).is_file())
     })
 }
 
