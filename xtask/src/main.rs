@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::run()?;
+    lint()?;
     // Unit tests of every host crate (the kernel crate only builds for BPF).
     cargo(&[
         "test",
@@ -81,6 +82,41 @@ fn test() -> anyhow::Result<()> {
             sudo.extend_from_slice(&run);
             cargo(&sudo)?;
         }
+    }
+    Ok(())
+}
+
+/// Formatting and clippy, warnings denied, on the host crates and on the kernel crate (which
+/// only builds for the BPF target, with the pinned nightly).
+fn lint() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let nightly = format!("+{}", setup::EBPF_TOOLCHAIN);
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            setup::EBPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "-p",
+            "enforcer-ebpf",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cargo {nightly} clippy -p enforcer-ebpf"))?;
+    if !status.success() {
+        bail!("cargo {nightly} clippy -p enforcer-ebpf failed: {status}");
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn ebpf_toolchain() -> anyhow::Result<()> {
-    let has_src = Command::new("rustup")
+    let installed = Command::new("rustup")
         .args([
             "component",
             "list",
@@ -36,13 +36,12 @@ fn ebpf_toolchain() -> anyhow::Result<()> {
             EBPF_TOOLCHAIN,
         ])
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
-        });
-    if has_src {
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.contains("rust-src") && installed.contains("clippy") {
         return Ok(());
     }
-    eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src");
+    eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src and clippy");
     exec(Command::new("rustup").args([
         "toolchain",
         "install",
@@ -50,7 +49,7 @@ fn ebpf_toolchain() -> anyhow::Result<()> {
         "--profile",
         "minimal",
         "--component",
-        "rust-src",
+        "rust-src,clippy",
     ]))
 }
 
