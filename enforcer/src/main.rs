@@ -1,10 +1,5 @@
 //! enforcer: host-level API traffic enforcer. See README.md and DESIGN.md.
 
-mod identity;
-mod policy;
-mod proxy;
-mod redirect;
-
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
@@ -22,11 +17,14 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{
+use enforcer::{
+    audit::Audit,
     identity::Resolver,
-    policy::Policy,
+    policy::{self, Policy},
+    proxy,
     proxy::{Relay, Stats},
-    redirect::{Listeners, Redirect},
+    redirect::{self, Listeners, Redirect},
+    reload::{self, PolicyStore},
 };
 
 #[derive(Parser)]
@@ -49,6 +47,42 @@ enum LogFormat {
 enum Command {
     /// Redirect connects toward protected destinations through this agent.
     Run(RunArgs),
+    /// Check a policy file; print every error as FILE:LINE:COLUMN: reason.
+    Check {
+        /// Policy file (YAML).
+        file: PathBuf,
+    },
+    /// Print what a policy decides for a request from a described process, and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// Policy file (YAML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// The calling executable (its SHA-256 is computed if it can be read).
+    #[arg(long)]
+    exe: Option<PathBuf>,
+    /// User name or uid (default: the user running this command).
+    #[arg(long)]
+    user: Option<String>,
+    /// Group name or gid (default: the user's primary group).
+    #[arg(long)]
+    group: Option<String>,
+    /// systemd unit the caller runs in.
+    #[arg(long)]
+    unit: Option<String>,
+    /// cgroup v2 path of the caller.
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// Container id of the caller.
+    #[arg(long)]
+    container: Option<String>,
+    /// HTTP method.
+    method: String,
+    /// URL, e.g. http://payments.internal:8080/v1/invoices/42
+    url: String,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +111,8 @@ fn main() {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Check { file } => check(&file),
+        Command::Explain(args) => explain(args),
     };
     if let Err(e) = result {
         eprintln!("enforcer: error: {e:#}");
@@ -96,12 +132,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    match policy::check(file) {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} services, {} rules)",
+                file.display(),
+                p.services.len(),
+                p.rules().len()
+            );
+            Ok(())
+        }
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            bail!("{} error(s) in {}", diagnostics.len(), file.display())
+        }
+    }
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let policy = Policy::load(&args.policy)?;
+    let caller = policy::Caller {
+        exe: args.exe,
+        user: args.user,
+        group: args.group,
+        unit: args.unit,
+        cgroup: args.cgroup,
+        container: args.container,
+    };
+    let explanation = policy::explain(&policy, &caller.identity(), &args.method, &args.url)?;
+    print!("{explanation}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
         bail!("--connect-timeout must be a positive number of seconds");
     }
-    let policy = Arc::new(Policy::load(&args.policy)?);
+    let policy = Policy::load(&args.policy)?;
     let cgroup = match args.cgroup {
         Some(path) => path,
         None => redirect::cgroup2_root()?,
@@ -132,20 +203,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
 
+    let audit = Audit::start(&policy.settings.audit)?;
+    let services = policy.services.len();
+    let store = Arc::new(PolicyStore::new(policy));
+    let relay_store = store.clone();
     let stats = Arc::new(Stats::default());
     let relay = Arc::new(Relay {
-        policy: policy.clone(),
+        store: relay_store,
+        audit,
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
     });
-    let mut accept_loops = vec![tokio::spawn(proxy::serve(
+    // Every task holding the redirect, so shutdown can end them all before detaching.
+    let mut tasks = vec![tokio::spawn(reload::watch(
+        args.policy.clone(),
+        store,
+        redirect.clone(),
+    ))];
+    tasks.push(tokio::spawn(proxy::serve(
         listener4,
         redirect.clone(),
         relay.clone(),
-    ))];
+    )));
     if let Some(listener6) = listener6 {
-        accept_loops.push(tokio::spawn(proxy::serve(
+        tasks.push(tokio::spawn(proxy::serve(
             listener6,
             redirect.clone(),
             relay.clone(),
@@ -159,7 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup = %redirect.cgroup().display(),
         listen = %listen4,
         listen6 = listen6.map(tracing::field::display),
-        services = policy.services.len(),
+        services,
         "enforcer ready"
     );
 
@@ -167,15 +249,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
-    for task in &accept_loops {
+    for task in &tasks {
         task.abort();
     }
-    for task in accept_loops {
+    for task in tasks {
         let _ = task.await;
     }
     let kernel = redirect.counters();
     let redirect = Arc::into_inner(redirect)
-        .context("BUG: the redirect is still shared after the accept loops ended")?;
+        .context("BUG: the redirect is still shared after its tasks ended")?;
     drop(redirect);
     use std::sync::atomic::Ordering::Relaxed;
     let count = |name| {

@@ -1,18 +1,53 @@
-//! The policy file: which destinations are protected.
+//! The policy: which destinations are protected, which callers may make which HTTP requests to
+//! them, and how decisions are reported. Everything not allowed is denied.
 //!
-//! The file is parsed straight into types that cannot be invalid: an endpoint that does not
-//! parse fails deserialisation, so the error carries the line and column of the bad value.
-//! Host names are resolved once, at load.
+//! The file format is documented in `docs/policy.md` (schema: `docs/policy.schema.json`). Here:
+//! - [`check`] and [`Policy::load`] parse a file into a [`Policy`] that cannot be invalid. The
+//!   parser stops at the first syntax or type error; every semantic error is then collected,
+//!   each as a [`Diagnostic`] with file, line and column. Host names are resolved once, here.
+//! - [`Policy::classify`] matches a caller against every named identity, once per connection.
+//! - [`Policy::decide`] decides one request, without allocating (see `matcher.rs`).
+//! - [`explain`] says why a hypothetical request would be decided the way it is.
+
+mod bench;
+mod caller;
+mod check;
+mod diagnostic;
+mod endpoint;
+mod explain;
+mod file;
+mod glob;
+mod matcher;
+mod pattern;
 
 use std::{
     collections::BTreeMap,
-    fmt, fs,
-    net::{IpAddr, Ipv6Addr, ToSocketAddrs},
+    fs,
+    net::IpAddr,
     path::{Path, PathBuf},
-    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use serde::Deserialize;
+
+#[doc(hidden)]
+pub use self::bench::{Synthetic, synthetic};
+#[cfg(test)]
+use self::endpoint::Endpoint;
+pub use self::{
+    caller::IdentitySet,
+    diagnostic::Diagnostic,
+    endpoint::{Destination, Ports, Prefix},
+    explain::{Caller, ExplainError, Explanation, Outcome, RuleNote, explain},
+    matcher::{Decision, Headers, Reason, Rule, Verdict},
+};
+use self::{
+    caller::{Classifier, IdentityMatcher},
+    check::{Resolve, system_resolve},
+    endpoint::to_v6,
+    matcher::Index,
+};
 
 /// The only policy format version this agent reads.
 const VERSION: u32 = 1;
@@ -25,83 +60,114 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("policy {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("policy {}: unsupported version {found} (this agent reads version {VERSION})", path.display())]
-    Version { path: PathBuf, found: u32 },
-    #[error("policy {}: no protected destination (`services` is empty)", path.display())]
-    NoDestination { path: PathBuf },
-    #[error("policy {}: service `{service}`: host `{host}` does not resolve", path.display())]
-    Resolve {
-        path: PathBuf,
-        service: String,
-        host: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The first diagnostic, and how many more there are (`enforcer check` lists them all).
+    #[error("{}", summary(diagnostics))]
+    Invalid { diagnostics: Vec<Diagnostic> },
+}
+
+fn summary(diagnostics: &[Diagnostic]) -> String {
+    match diagnostics {
+        [] => "BUG: invalid policy without a diagnostic".into(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!(
+            "{first} (and {} more; `enforcer check {}` lists them)",
+            rest.len(),
+            first.file.display()
+        ),
+    }
 }
 
 /// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub services: BTreeMap<String, Service>,
+    pub settings: Settings,
+    /// The file it was read from, to point `explain` at rules.
+    source: PathBuf,
+    identities: Vec<IdentityMatcher>,
+    classifier: Classifier,
+    rules: Vec<Rule>,
+    index: Index,
+    /// Tells this policy's identity sets from another's (see [`Reason::StaleIdentities`]).
+    generation: u64,
 }
 
 /// A protected API: connects to any of its endpoints go through the agent.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub destinations: Vec<Destination>,
+    pub protocol: Protocol,
 }
 
-/// An address prefix and a port range, both inclusive. IPv4 is kept IPv4-mapped.
+/// How the agent serves a service's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.x, decided request by request.
+    #[default]
+    Http,
+    /// Relayed as a byte stream, unread (TLS, databases): logged per connection, and no rule
+    /// can name it.
+    Tcp,
+}
+
+/// `settings`: how the agent enforces and reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub mode: Mode,
+    pub limits: Limits,
+    pub audit: AuditSink,
+}
+
+/// Enforce decisions, or only record them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what no rule allows (403).
+    #[default]
+    Enforce,
+    /// Forward what no rule allows, and record it as "would deny".
+    Audit,
+}
+
+/// `settings.limits`: bounds on what the HTTP layer reads before deciding. The defaults are
+/// those of common servers, so requests they accept are not refused here (see
+/// `docs/policy.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Destination {
-    pub prefix: Prefix,
-    pub ports: Ports,
+pub struct Limits {
+    /// Longest request line (method, target, version), in bytes.
+    pub max_request_line: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    /// Longest wait for a complete request head.
+    pub head_timeout: Duration,
+    /// Longest wait for the next request on an idle keep-alive connection.
+    pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Prefix {
-    /// Network address, IPv4-mapped for IPv4, host bits cleared.
-    pub addr: Ipv6Addr,
-    /// Prefix length in the IPv6 form (an IPv4 /24 is 120).
-    pub len: u8,
+/// `settings.audit`: where decision records go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuditSink {
+    /// `file: "-"`, or no `audit` section: JSON lines on stdout (the journal, under systemd).
+    #[default]
+    Stdout,
+    /// JSON lines appended to `path`, rotated to `path.1` … `path.KEEP` past `max_bytes`.
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ports {
-    pub first: u16,
-    pub last: u16,
-}
-
-// === file format ===
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    version: u32,
-    services: BTreeMap<String, ServiceFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceFile {
-    endpoints: Vec<Endpoint>,
-}
-
-/// One `endpoints` entry: `HOST:PORTS`, `IP:PORTS`, `[IPv6]:PORTS` or `IP/LEN:PORTS` (IPv6
-/// prefix as `[IPv6/LEN]:PORTS`), where PORTS is `N` or `N-M`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-enum Endpoint {
-    Prefix(Prefix, Ports),
-    Host(String, Ports),
-}
+/// Numbers a policy is identified by; see [`Policy::generation`].
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 // === impl Policy ===
 
 impl Policy {
-    /// Read, parse and resolve a policy file.
+    /// Read, parse, check and resolve a policy file. The error holds every diagnostic and
+    /// displays the first.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
@@ -110,58 +176,33 @@ impl Policy {
         Self::parse(path, &text)
     }
 
-    /// Parse and resolve policy text; `path` only names it in errors.
+    /// Parse, check and resolve policy text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let file: File = serde_yaml_ng::from_str(text).map_err(|e| Error::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if file.version != VERSION {
-            return Err(Error::Version {
-                path: path.to_owned(),
-                found: file.version,
-            });
+        Self::parse_with(path, text, &system_resolve)
+    }
+
+    fn parse_with(path: &Path, text: &str, resolve: Resolve) -> Result<Self, Error> {
+        check::compile(path, text, resolve).map_err(|diagnostics| Error::Invalid { diagnostics })
+    }
+
+    fn new(
+        source: PathBuf,
+        services: BTreeMap<String, Service>,
+        settings: Settings,
+        identities: Vec<IdentityMatcher>,
+        rules: Vec<Rule>,
+    ) -> Self {
+        let index = Index::new(services.keys().map(String::as_str), &rules);
+        Self {
+            classifier: Classifier::new(&identities),
+            services,
+            settings,
+            source,
+            identities,
+            rules,
+            index,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
-        let mut services = BTreeMap::new();
-        for (name, svc) in file.services {
-            let mut destinations = Vec::new();
-            for ep in svc.endpoints {
-                match ep {
-                    Endpoint::Prefix(prefix, ports) => {
-                        destinations.push(Destination { prefix, ports })
-                    }
-                    Endpoint::Host(host, ports) => {
-                        let addrs =
-                            (host.as_str(), ports.first)
-                                .to_socket_addrs()
-                                .map_err(|source| Error::Resolve {
-                                    path: path.to_owned(),
-                                    service: name.clone(),
-                                    host: host.clone(),
-                                    source,
-                                })?;
-                        for a in addrs {
-                            let d = Destination {
-                                prefix: Prefix::host(a.ip()),
-                                ports,
-                            };
-                            if !destinations.contains(&d) {
-                                destinations.push(d);
-                            }
-                        }
-                    }
-                }
-            }
-            if !destinations.is_empty() {
-                services.insert(name, Service { destinations });
-            }
-        }
-        if services.is_empty() {
-            return Err(Error::NoDestination {
-                path: path.to_owned(),
-            });
-        }
-        Ok(Self { services })
     }
 
     /// Every protected destination, with the service it belongs to.
@@ -179,156 +220,82 @@ impl Policy {
             .max_by_key(|(_, d)| d.prefix.len)
             .map(|(name, _)| name)
     }
+
+    /// The named identities a caller matches. Once per connection: the result serves every
+    /// [`Policy::decide`] on it, and lists the names for audit records.
+    pub fn classify(&self, identity: &crate::identity::Identity) -> IdentitySet {
+        let ids = self.classifier.classify(&self.identities, identity);
+        IdentitySet::new(self.generation, ids, &self.identities)
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The file the policy was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
 }
 
-// === impl Prefix ===
+/// Read and check a policy file, reporting every error found (`enforcer check`).
+pub fn check(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
+    match Policy::load(path) {
+        Ok(p) => Ok(p),
+        Err(Error::Invalid { diagnostics }) => Err(diagnostics),
+        Err(Error::Read { path, source }) => Err(vec![Diagnostic {
+            file: path,
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {source}"),
+        }]),
+    }
+}
 
-impl Prefix {
-    /// A single address.
-    pub fn host(ip: IpAddr) -> Self {
+// === impl Mode ===
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
         Self {
-            addr: to_v6(ip),
-            len: 128,
-        }
-    }
-
-    fn new(ip: IpAddr, len: u8) -> Result<Self, String> {
-        let (addr, len) = match ip {
-            IpAddr::V4(_) if len > 32 => return Err(format!("IPv4 prefix length {len} > 32")),
-            IpAddr::V4(v4) => (v4.to_ipv6_mapped(), len + 96),
-            IpAddr::V6(_) if len > 128 => return Err(format!("IPv6 prefix length {len} > 128")),
-            IpAddr::V6(v6) => (v6, len),
-        };
-        let mask = mask(len);
-        let net = u128::from(addr) & mask;
-        if net != u128::from(addr) {
-            return Err(format!("{ip}/{} has host bits set", short_len(ip, len)));
-        }
-        Ok(Self { addr, len })
-    }
-
-    pub fn contains(&self, ip: Ipv6Addr) -> bool {
-        u128::from(ip) & mask(self.len) == u128::from(self.addr)
-    }
-}
-
-fn mask(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - len)
-    }
-}
-
-fn short_len(ip: IpAddr, len: u8) -> u8 {
-    if ip.is_ipv4() { len - 96 } else { len }
-}
-
-fn to_v6(ip: IpAddr) -> Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.addr.to_ipv4_mapped() {
-            Some(v4) if self.len >= 96 => write!(f, "{v4}/{}", self.len - 96),
-            _ => write!(f, "[{}/{}]", self.addr, self.len),
+            // Apache's LimitRequestLine (8190) and nginx's large header buffer (8k).
+            max_request_line: 8192,
+            // Above what browsers and API clients send; bounds memory per connection.
+            max_head_bytes: 64 * 1024,
+            // Apache's LimitRequestFields and hyper's default.
+            max_headers: 100,
+            // Slow-loris bound; a real client sends its head in one round trip.
+            head_timeout: Duration::from_secs(10),
+            // Near nginx's keepalive_timeout (75 s) and under common load balancers' (60 s).
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
 
-// === impl Ports ===
+// === impl AuditSink ===
 
-impl Ports {
-    pub fn contains(&self, port: u16) -> bool {
-        self.first <= port && port <= self.last
-    }
-}
-
-impl FromStr for Ports {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |p: &str| -> Result<u16, String> {
-            match p.parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
-                Ok(n) => Ok(n),
-            }
-        };
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(s)?, port(s)?),
-        };
-        if first > last {
-            return Err(format!("port range `{s}` is empty"));
-        }
-        Ok(Self { first, last })
-    }
-}
-
-// === impl Endpoint ===
-
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("invalid endpoint `{s}`: {why}");
-        let (host, ports) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, rest) = rest
-                .split_once(']')
-                .ok_or_else(|| bad("missing `]`".into()))?;
-            let ports = rest
-                .strip_prefix(':')
-                .ok_or_else(|| bad("expected `]:PORT`".into()))?;
-            (host, ports)
-        } else {
-            let (host, ports) = s
-                .rsplit_once(':')
-                .ok_or_else(|| bad("expected HOST:PORT".into()))?;
-            // `fd00::1:80` could mean port 80 of fd00::1 or be an address without a port.
-            if host.contains(':') {
-                return Err(bad("an IPv6 address must be written in brackets".into()));
-            }
-            (host, ports)
-        };
-        let ports: Ports = ports.parse().map_err(bad)?;
-        if let Some((ip, len)) = host.split_once('/') {
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| bad(format!("`{ip}` is not an IP address")))?;
-            let len: u8 = len
-                .parse()
-                .map_err(|_| bad(format!("`{len}` is not a prefix length")))?;
-            return Ok(Endpoint::Prefix(Prefix::new(ip, len).map_err(bad)?, ports));
-        }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(Endpoint::Prefix(Prefix::host(ip), ports));
-        }
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid_host {
-            return Err(bad(format!("`{host}` is not a host name or IP address")));
-        }
-        Ok(Endpoint::Host(host.to_ascii_lowercase(), ports))
-    }
+impl AuditSink {
+    /// 100 MiB: a day or more of records on a busy host.
+    pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+    /// Rotated files kept besides the current one.
+    pub const DEFAULT_KEEP: u32 = 5;
 }
 
 #[cfg(test)]

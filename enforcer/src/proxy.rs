@@ -1,9 +1,12 @@
 //! The accept/forward loop.
 //!
 //! Enforces: only connections the kernel redirected are served; a connection without a kernel
-//! record is reset. Each redirected connection is relayed to its original destination, both
-//! directions, with half-close carried across. Reports: one log event per relayed connection
-//! with the caller's identity, one when it closes, and counters in [`Stats`].
+//! record is reset. A connection to an `http` service is served request by request
+//! ([`http`]); one to a `tcp` service is relayed to its original destination as a byte
+//! stream, both directions, with half-close carried across. Reports: one log event per
+//! redirected connection with the caller's identity, and counters in [`Stats`].
+
+mod http;
 
 use std::{
     io,
@@ -23,9 +26,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    audit::Audit,
     identity::{Identity, Resolver, Unresolved},
-    policy::Policy,
+    policy::Protocol,
     redirect::{self, Redirect},
+    reload::PolicyStore,
 };
 
 /// Relay buffer per direction. 64 KiB moves bulk transfers in few syscalls; two per
@@ -45,7 +50,8 @@ pub struct Stats {
 
 /// What every connection task shares.
 pub struct Relay {
-    pub policy: Arc<Policy>,
+    pub store: Arc<PolicyStore>,
+    pub audit: Audit,
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
     pub connect_timeout: Duration,
@@ -75,22 +81,47 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
 }
 
 impl Relay {
-    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
         let dst = redirect::original_destination(&meta);
-        // Identity (which may read /proc and hash a binary) and the upstream connect overlap.
+        let policy = self.store.current();
+        let service = policy.service_for(dst.ip(), dst.port());
+        let protocol = service
+            .and_then(|name| policy.services.get(name))
+            .map_or(Protocol::Http, |s| s.protocol);
+        let _ = client.set_nodelay(true);
+        // Identity may read /proc and hash a binary: off the runtime's workers.
         let resolver = self.resolver.clone();
         let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta));
+        match protocol {
+            Protocol::Http => {
+                let identity = match identity.await {
+                    Ok(identity) => Arc::new(identity),
+                    Err(e) => return bug_reset(client, peer, &e),
+                };
+                log_connection(&identity, peer, dst, service, None);
+                let conn = http::Conn { dst, identity };
+                http::serve(&self, conn, client).await;
+            }
+            Protocol::Tcp => self.relay_tcp(client, peer, dst, service, identity).await,
+        }
+    }
+
+    /// Relay a byte stream to the original destination; the upstream connect overlaps the
+    /// identity resolution.
+    async fn relay_tcp(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        service: Option<&str>,
+        identity: tokio::task::JoinHandle<Identity>,
+    ) {
         let upstream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst));
         let (identity, upstream) = tokio::join!(identity, upstream);
         let identity = match identity {
             Ok(identity) => identity,
-            Err(e) => {
-                warn!(client = %peer, error = %e, "BUG: identity resolution panicked: reset");
-                reset(client);
-                return;
-            }
+            Err(e) => return bug_reset(client, peer, &e),
         };
-        let service = self.policy.service_for(dst.ip(), dst.port());
         let mut upstream = match upstream {
             Ok(Ok(upstream)) => upstream,
             failed => {
@@ -105,7 +136,6 @@ impl Relay {
             }
         };
         log_connection(&identity, peer, dst, service, None);
-        let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
         match copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER)
             .await
@@ -121,6 +151,11 @@ impl Relay {
             }
         }
     }
+}
+
+fn bug_reset(client: TcpStream, peer: SocketAddr, e: &tokio::task::JoinError) {
+    warn!(client = %peer, error = %e, "BUG: identity resolution panicked: reset");
+    reset(client);
 }
 
 /// One event per redirected connection, with every attested attribute as its own field.

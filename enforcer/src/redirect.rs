@@ -100,6 +100,7 @@ pub struct Redirect {
     /// Owns the programs and their links: dropping it detaches them.
     _ebpf: Ebpf,
     conn_by_client: Mutex<HashMap<MapData, ClientKey, ConnMeta>>,
+    protected: Mutex<Protected>,
     counters: PerCpuArray<MapData, u64>,
     cgroup: PathBuf,
 }
@@ -131,15 +132,11 @@ impl Redirect {
                 name: CONFIG_MAP,
                 source,
             })?;
-        let mut protected: LpmTrie<_, Ip6Words, PortRanges> = take_map(&mut ebpf, PROTECTED_MAP)?;
-        for (key, ranges) in &entries {
-            protected
-                .insert(key, ranges, 0)
-                .map_err(|source| Error::Map {
-                    name: PROTECTED_MAP,
-                    source,
-                })?;
-        }
+        let mut protected = Protected {
+            map: take_map(&mut ebpf, PROTECTED_MAP)?,
+            prefixes: BTreeSet::new(),
+        };
+        protected.replace(entries)?;
         let conn_by_client = take_map(&mut ebpf, CONN_BY_CLIENT_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
 
@@ -164,11 +161,20 @@ impl Redirect {
             Self {
                 _ebpf: ebpf,
                 conn_by_client: Mutex::new(conn_by_client),
+                protected: Mutex::new(protected),
                 counters,
                 cgroup: cgroup.to_owned(),
             },
             logger,
         ))
+    }
+
+    /// Make `destinations` the protected set, as one step for new connects: entries are
+    /// added or updated before stale ones are removed, so no destination that stays protected
+    /// is ever missing from the map.
+    pub fn set_destinations(&self, destinations: &[Destination]) -> Result<(), Error> {
+        let entries = protected_entries(destinations)?;
+        lock(&self.protected).replace(entries)
     }
 
     pub fn cgroup(&self) -> &Path {
@@ -203,6 +209,36 @@ impl Redirect {
             })
             .collect()
     }
+}
+
+/// The protected-destinations map and the prefixes it holds.
+struct Protected {
+    map: LpmTrie<MapData, Ip6Words, PortRanges>,
+    /// (prefix length, address words) of every entry in `map`.
+    prefixes: BTreeSet<(u32, Ip6Words)>,
+}
+
+impl Protected {
+    fn replace(&mut self, entries: Vec<(Key<Ip6Words>, PortRanges)>) -> Result<(), Error> {
+        let map_err = |source| Error::Map {
+            name: PROTECTED_MAP,
+            source,
+        };
+        let mut next = BTreeSet::new();
+        for (key, ranges) in &entries {
+            self.map.insert(key, ranges, 0).map_err(map_err)?;
+            next.insert((key.prefix_len(), key.data()));
+        }
+        for &(len, data) in self.prefixes.difference(&next) {
+            self.map.remove(&Key::new(len, data)).map_err(map_err)?;
+        }
+        self.prefixes = next;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>

@@ -549,3 +549,285 @@ pub fn bpf_object_exists(kind: &str, id: u64) -> bool {
         .expect("bpftool")
         .success()
 }
+
+// === HTTP upstream ===
+
+/// One request as the HTTP upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// The request target exactly as sent on the wire.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The head's bytes exactly as received.
+    pub raw_head: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 upstream for end-to-end tests. It records every request and every raw byte
+/// each connection carried, and answers by path:
+/// - `/status/NNN`: status NNN (no body for 1xx, 204, 304 and HEAD);
+/// - `/chunked`: a chunked body `hello world` in two chunks;
+/// - `/close`: a body without length, delimited by closing the connection;
+/// - `/ws`: with `Upgrade: websocket`, 101 then an echo of every byte;
+/// - `/echo`: the request body back;
+/// - anything else: 200 with the body `ok METHOD TARGET`.
+///
+/// `Expect: 100-continue` gets a `100 Continue` before the body is read.
+pub struct HttpUpstream {
+    server: Server,
+    requests: Arc<Mutex<Vec<Received>>>,
+    raw: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl HttpUpstream {
+    pub fn start(bind: &str) -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (r2, raw2) = (requests.clone(), raw.clone());
+        let server = Server::start(bind, move |s, _| {
+            let slot = {
+                let mut raw = raw2.lock().unwrap();
+                raw.push(Vec::new());
+                raw.len() - 1
+            };
+            serve_http(s, &r2, &raw2, slot)
+        });
+        Self {
+            server,
+            requests,
+            raw,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Every byte every connection delivered, concatenated, lossy.
+    pub fn raw_text(&self) -> String {
+        let raw = self.raw.lock().unwrap();
+        raw.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n--- next connection ---\n")
+    }
+
+    pub fn connections(&self) -> usize {
+        self.raw.lock().unwrap().len()
+    }
+}
+
+/// Reads from a connection, logging every byte into `raw[slot]`.
+struct Logged<'a> {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    raw: &'a Mutex<Vec<Vec<u8>>>,
+    slot: usize,
+}
+
+impl Logged<'_> {
+    /// Read more bytes into `buf`; false at EOF.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.raw.lock().unwrap()[self.slot].extend_from_slice(&chunk[..n]);
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill()? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    fn line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf.drain(..i + 2).collect::<Vec<_>>();
+                return Ok(line[..i].to_vec());
+            }
+            if !self.fill()? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+fn serve_http(
+    stream: TcpStream,
+    requests: &Mutex<Vec<Received>>,
+    raw: &Mutex<Vec<Vec<u8>>>,
+    slot: usize,
+) -> io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut conn = Logged {
+        stream,
+        buf: Vec::new(),
+        raw,
+        slot,
+    };
+    loop {
+        // Parse a head.
+        let (mut req, head_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut r = httparse::Request::new(&mut headers);
+            match r.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let req = Received {
+                        method: r.method.unwrap_or("").to_string(),
+                        target: r.path.unwrap_or("").to_string(),
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.name.to_string(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
+                            .collect(),
+                        body: Vec::new(),
+                        raw_head: conn.buf[..n].to_vec(),
+                    };
+                    break (req, n);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if !conn.fill()? {
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    out.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")?;
+                    return Ok(());
+                }
+            }
+        };
+        conn.buf.drain(..head_len);
+        if req
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let chunked = req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if chunked {
+            loop {
+                let size_line = conn.line()?;
+                let size_text = String::from_utf8_lossy(&size_line);
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+                if size == 0 {
+                    while !conn.line()?.is_empty() {}
+                    break;
+                }
+                let data = conn.take(size)?;
+                req.body.extend_from_slice(&data);
+                conn.take(2)?;
+            }
+        } else if let Some(len) = req.header("content-length") {
+            let len: usize = len.trim().parse().unwrap_or(0);
+            req.body = conn.take(len)?;
+        }
+        requests.lock().unwrap().push(req.clone());
+
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let path = req.target.split('?').next().unwrap_or("");
+        let head_only = req.method == "HEAD";
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code: u16 = code.parse().unwrap_or(500);
+            let body = if head_only || code == 204 || code == 304 || code < 200 {
+                ""
+            } else {
+                "status body"
+            };
+            let length = if code == 204 || code == 304 {
+                String::new()
+            } else {
+                format!("content-length: {}\r\n", "status body".len())
+            };
+            write!(out, "HTTP/1.1 {code} Status\r\n{length}\r\n{body}")?;
+        } else if path == "/chunked" {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+            )?;
+        } else if path == "/close" {
+            out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close")?;
+            return out.shutdown(Shutdown::Write);
+        } else if path == "/ws" && req.header("upgrade").is_some() {
+            out.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            )?;
+            // Echo whatever was already read, then the rest of the stream.
+            let pending = std::mem::take(&mut conn.buf);
+            out.write_all(&pending)?;
+            loop {
+                if !conn.fill()? {
+                    return out.shutdown(Shutdown::Write);
+                }
+                let data = std::mem::take(&mut conn.buf);
+                out.write_all(&data)?;
+            }
+        } else {
+            let body = if path == "/echo" {
+                req.body.clone()
+            } else {
+                format!("ok {} {}", req.method, req.target).into_bytes()
+            };
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )?;
+            if !head_only {
+                out.write_all(&body)?;
+            }
+        }
+        if close {
+            return out.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// Send raw `bytes` from a probe running inside `cgroup` to `to`; returns the probe's report
+/// (`response`: what came back, `end`: closed | reset | timeout).
+pub fn send_raw(cgroup: &Cgroup, to: SocketAddr, bytes: &[u8]) -> Value {
+    let mut child = cgroup
+        .command(probe_binary())
+        .args(["send", &to.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn probe");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("write probe stdin");
+    let out = child.wait_with_output().expect("probe");
+    assert!(out.status.success(), "probe send failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("probe JSON")
+}

@@ -16,11 +16,12 @@ use enforcer_tests::{
 };
 use serde_json::Value;
 
-/// A policy protecting `addrs` as one service, `api`.
+/// A policy protecting `addrs` as one raw TCP service, `api`: these tests are about the
+/// redirect and the relay, not HTTP.
 fn policy(addrs: &[SocketAddr]) -> String {
     let endpoints: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "version: 1\nservices:\n  api:\n    endpoints: [{}]\n",
+        "version: 1\nservices:\n  api:\n    protocol: tcp\n    endpoints: [{}]\n",
         endpoints.join(", ")
     )
 }
@@ -401,16 +402,14 @@ fn start_up_errors_are_one_clear_line() {
         (
             vec!["--policy", &empty, "--cgroup", &cg],
             None,
-            format!(
-                "enforcer: error: policy {empty}: no protected destination (`services` is empty)"
-            ),
+            format!("enforcer: error: {empty}:2:11: no protected destination: `services` is empty"),
         ),
         (
             vec!["--policy", &bad_port, "--cgroup", &cg],
             None,
             format!(
-                "enforcer: error: policy {bad_port}: services.api.endpoints: invalid endpoint \
-                 `10.0.0.1:http`: `http` is not a port (1-65535) at line 4 column 16"
+                "enforcer: error: {bad_port}:4:17: invalid endpoint `10.0.0.1:http`: \
+                 `http` is not a port (1-65535)"
             ),
         ),
         (

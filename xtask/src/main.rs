@@ -57,15 +57,19 @@ fn main() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     setup::run()?;
     lint()?;
+    let mut totals = Totals::default();
     // Unit tests of every host crate (the kernel crate only builds for BPF).
-    cargo(&[
-        "test",
-        "--workspace",
-        "--exclude",
-        "enforcer-ebpf",
-        "--exclude",
-        "enforcer-tests",
-    ])?;
+    cargo_test(
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "enforcer-ebpf",
+            "--exclude",
+            "enforcer-tests",
+        ],
+        &mut totals,
+    )?;
     for profile in [&[][..], &["--release"][..]] {
         let mut build = vec!["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"];
         build.extend_from_slice(profile);
@@ -75,15 +79,66 @@ fn test() -> anyhow::Result<()> {
         run.extend_from_slice(profile);
         run.extend_from_slice(&["--", "--test-threads=1"]);
         if unsafe { libc::geteuid() } == 0 {
-            cargo(&run)?;
+            cargo_test(&run, &mut totals)?;
         } else {
             // Build unprivileged, run only the test binaries as root.
             let mut sudo = vec!["--config", "target.'cfg(all())'.runner='sudo -E'"];
             sudo.extend_from_slice(&run);
-            cargo(&sudo)?;
+            cargo_test(&sudo, &mut totals)?;
         }
     }
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// Test counts summed over every `cargo test` run.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// `cargo test` with its output passed through, adding its `test result:` counts to `totals`.
+fn cargo_test(args: &[&str], totals: &mut Totals) -> anyhow::Result<()> {
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            totals.passed += count(summary, " passed");
+            totals.failed += count(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed",
+            totals.passed,
+            totals.failed.max(1)
+        );
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The number before `label` in a libtest summary such as `ok. 12 passed; 0 failed; ...`.
+fn count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .trim()
+                .strip_suffix(label.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Formatting and clippy, warnings denied, on the host crates and on the kernel crate (which

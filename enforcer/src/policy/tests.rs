@@ -1,13 +1,57 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Policy tests. Submodules: `check` (every diagnostic), `pattern` (paths, methods, globs),
+//! `identity` (matching callers), `decide` (decisions), `explain`.
+
+mod check;
+mod decide;
+mod explain;
+mod identity;
+mod pattern;
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use super::*;
+use crate::identity::{Cgroup, Identity, Process};
+
+/// Resolves the few names tests use, without DNS.
+fn fake_resolve(host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+    match host {
+        "payments.internal" => Ok(vec![
+            "10.20.0.5".parse().unwrap(),
+            "fd00::5".parse().unwrap(),
+        ]),
+        "empty.internal" => Ok(vec![]),
+        _ => Err(io::Error::other("no such host")),
+    }
+}
 
 fn parse(text: &str) -> Result<Policy, Error> {
-    Policy::parse(Path::new("test.yaml"), text)
+    Policy::parse_with(Path::new("test.yaml"), text, &fake_resolve)
+}
+
+fn policy(text: &str) -> Policy {
+    parse(text).unwrap_or_else(|e| panic!("valid policy expected: {e}"))
+}
+
+/// Every diagnostic, one per line.
+fn diagnostics(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => "(valid)".into(),
+        Err(Error::Invalid { diagnostics }) => diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("unexpected error: {e}"),
+    }
 }
 
 fn dests(text: &str) -> Vec<Destination> {
-    parse(text)
+    Policy::parse(Path::new("test.yaml"), text)
         .expect("valid policy")
         .destinations()
         .map(|(_, d)| *d)
@@ -18,10 +62,116 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> Ipv6Addr {
     Ipv4Addr::new(a, b, c, d).to_ipv6_mapped()
 }
 
+/// A caller, built up attribute by attribute.
+#[derive(Clone)]
+struct Who(Identity);
+
+fn who() -> Who {
+    Who(Identity {
+        tgid: 100,
+        pid: 100,
+        uid: 1000,
+        gid: 1000,
+        comm: "test".into(),
+        cgroup_id: 1,
+        user: None,
+        group: None,
+        process: None,
+        cgroup: None,
+        unresolved: None,
+    })
+}
+
+impl Who {
+    fn exe(mut self, exe: &str) -> Self {
+        let sha = self
+            .0
+            .process
+            .as_ref()
+            .map_or("".into(), |p| p.sha256.clone());
+        self.0.process = Some(Arc::new(Process {
+            exe: PathBuf::from(exe),
+            sha256: sha,
+        }));
+        self
+    }
+
+    fn sha256(mut self, sha: &str) -> Self {
+        let exe = self
+            .0
+            .process
+            .as_ref()
+            .map_or(PathBuf::from("/unknown"), |p| p.exe.clone());
+        self.0.process = Some(Arc::new(Process {
+            exe,
+            sha256: sha.into(),
+        }));
+        self
+    }
+
+    fn user(mut self, uid: u32, name: Option<&str>) -> Self {
+        self.0.uid = uid;
+        self.0.user = name.map(Into::into);
+        self
+    }
+
+    fn group(mut self, gid: u32, name: Option<&str>) -> Self {
+        self.0.gid = gid;
+        self.0.group = name.map(Into::into);
+        self
+    }
+
+    fn cgroup(mut self, path: &str, unit: Option<&str>, container: Option<&str>) -> Self {
+        self.0.cgroup = Some(Arc::new(Cgroup {
+            path: path.into(),
+            unit: unit.map(Into::into),
+            container: container.map(Into::into),
+        }));
+        self
+    }
+}
+
+fn decide_policy() -> &'static str {
+    decide::POLICY
+}
+
+const SHIPPED: &str = include_str!("../../../examples/policy.yaml");
+
 #[test]
-fn shipped_default_policy_loads() {
-    let policy = parse(include_str!("../../../examples/policy.yaml")).expect("default policy");
-    assert!(!policy.services.is_empty());
+fn shipped_default_policy_checks_and_decides() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
+    let checked = check(&path).map_err(|d| format!("{d:?}"));
+    assert!(checked.is_ok(), "{checked:?}");
+
+    let p = policy(SHIPPED);
+    assert_eq!(
+        p.service_for("127.0.0.1".parse().unwrap(), 18080),
+        Some("demo-api")
+    );
+    assert_eq!(
+        p.service_for("::1".parse().unwrap(), 18080),
+        Some("demo-api")
+    );
+    let curl = p.classify(&who().exe("/usr/bin/curl").0);
+    let wget = p.classify(&who().exe("/usr/bin/wget").0);
+    let none: &[(&str, &str)] = &[];
+    let cases = [
+        (&curl, "GET", "/", Verdict::Allow, Some("curl-reads-public")),
+        (
+            &curl,
+            "HEAD",
+            "/public/a/b.css",
+            Verdict::Allow,
+            Some("curl-reads-public"),
+        ),
+        (&curl, "POST", "/admin", Verdict::Deny, None),
+        (&curl, "GET", "/admin", Verdict::Deny, None),
+        (&wget, "GET", "/", Verdict::Deny, None),
+    ];
+    for (caller, method, path, verdict, rule) in cases {
+        let d = p.decide(caller, "demo-api", method, path, none, None);
+        assert_eq!((d.verdict, d.rule_id()), (verdict, rule), "{method} {path}");
+    }
 }
 
 #[test]
@@ -145,42 +295,6 @@ fn bad_endpoints_say_why() {
 }
 
 #[test]
-fn errors_carry_line_and_column() {
-    let err = parse("version: 1\nservices:\n  api:\n    endpoints: [\"10.0.0.1:0\"]\n")
-        .expect_err("bad port");
-    assert_eq!(
-        err.to_string(),
-        "policy test.yaml: services.api.endpoints: invalid endpoint `10.0.0.1:0`: \
-         `0` is not a port (1-65535) at line 4 column 16"
-    );
-    let err = parse("version: 1\nservices: {}\nrulez: []\n").expect_err("unknown field");
-    assert!(
-        err.to_string().starts_with(
-            "policy test.yaml: unknown field `rulez`, expected `version` or `services` at line 3"
-        ),
-        "{err}"
-    );
-}
-
-#[test]
-fn empty_or_wrong_version_is_refused() {
-    assert_eq!(
-        parse("version: 1\nservices: {}\n").unwrap_err().to_string(),
-        "policy test.yaml: no protected destination (`services` is empty)"
-    );
-    assert_eq!(
-        parse("version: 1\nservices:\n  a:\n    endpoints: []\n")
-            .unwrap_err()
-            .to_string(),
-        "policy test.yaml: no protected destination (`services` is empty)"
-    );
-    assert_eq!(
-        parse("version: 2\nservices: {}\n").unwrap_err().to_string(),
-        "policy test.yaml: unsupported version 2 (this agent reads version 1)"
-    );
-}
-
-#[test]
 fn host_names_resolve_at_load() {
     let d = dests("version: 1\nservices:\n  local:\n    endpoints: [\"localhost:9000\"]\n");
     assert!(
@@ -188,15 +302,20 @@ fn host_names_resolve_at_load() {
             .any(|d| d.prefix == Prefix::host(IpAddr::V4(Ipv4Addr::LOCALHOST))),
         "{d:?}"
     );
+    let p = policy("version: 1\nservices:\n  pay:\n    endpoints: [\"payments.internal:8080\"]\n");
+    assert_eq!(
+        p.service_for("10.20.0.5".parse().unwrap(), 8080),
+        Some("pay")
+    );
+    assert_eq!(p.service_for("fd00::5".parse().unwrap(), 8080), Some("pay"));
 }
 
 #[test]
 fn service_for_prefers_the_longest_prefix() {
-    let p = parse(
+    let p = policy(
         "version: 1\nservices:\n  wide:\n    endpoints: [\"10.0.0.0/8:80\"]\n  \
          narrow:\n    endpoints: [\"10.1.0.0/16:80\"]\n",
-    )
-    .unwrap();
+    );
     assert_eq!(
         p.service_for("10.1.2.3".parse().unwrap(), 80),
         Some("narrow")
@@ -204,4 +323,36 @@ fn service_for_prefers_the_longest_prefix() {
     assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 80), Some("wide"));
     assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 81), None);
     assert_eq!(p.service_for("11.0.0.1".parse().unwrap(), 80), None);
+}
+
+#[test]
+fn load_errors_show_the_first_diagnostic_and_count_the_rest() {
+    let err = parse("version: 1\nservices:\n  api:\n    endpoints: [\"10.0.0.1:0\"]\n")
+        .expect_err("bad port");
+    assert_eq!(
+        err.to_string(),
+        "test.yaml:4:17: invalid endpoint `10.0.0.1:0`: `0` is not a port (1-65535)"
+    );
+    let err =
+        parse("version: 1\nservices:\n  api:\n    endpoints: [\"10.0.0.1:0\", \"x:0\", \"y:0\"]\n")
+            .expect_err("bad ports");
+    assert_eq!(
+        err.to_string(),
+        "test.yaml:4:17: invalid endpoint `10.0.0.1:0`: `0` is not a port (1-65535) \
+         (and 2 more; `enforcer check test.yaml` lists them)"
+    );
+    let err = Policy::load(Path::new("/nonexistent/policy.yaml")).expect_err("no file");
+    assert_eq!(
+        err.to_string(),
+        "policy /nonexistent/policy.yaml: cannot read"
+    );
+    assert_eq!(
+        check(Path::new("/nonexistent/policy.yaml"))
+            .map(|_| ())
+            .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        Err(vec![
+            "/nonexistent/policy.yaml: cannot read: No such file or directory (os error 2)"
+                .to_owned()
+        ])
+    );
 }

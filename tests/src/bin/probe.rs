@@ -8,6 +8,8 @@
 //! - `probe pingpong ADDR ROUNDS SIZE`: request/response of SIZE bytes over one connection;
 //!   reports latency percentiles in microseconds.
 //! - `probe stream ADDR MIB`: send MIB mebibytes and read the echo; reports MiB/s.
+//! - `probe send ADDR`: send the bytes on stdin, half-close, read until the peer closes (or
+//!   10 s pass); reports what came back (lossy UTF-8) and how the connection ended.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -28,13 +30,14 @@ fn main() {
         "connect-rate" => connect_rate(addr, num(2)),
         "pingpong" => pingpong(addr, num(2), num(3) as usize),
         "stream" => stream(addr, num(2)),
+        "send" => send(addr),
         _ => usage(),
     };
     println!("{out}");
 }
 
 fn usage() -> ! {
-    eprintln!("usage: probe echo|connect-rate|pingpong|stream ADDR ARGS...");
+    eprintln!("usage: probe echo|connect-rate|pingpong|stream|send ADDR ARGS...");
     std::process::exit(2)
 }
 
@@ -157,4 +160,50 @@ fn stream(addr: SocketAddr, mib: u64) -> serde_json::Value {
         "intact": report["intact"],
         "mib_per_second": mib as f64 / secs,
     })
+}
+
+fn send(addr: SocketAddr) -> serde_json::Value {
+    let mut request = Vec::new();
+    io::stdin().read_to_end(&mut request).expect("stdin");
+    let mut report = json!({ "pid": std::process::id() });
+    let result = (|| -> io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(addr)?;
+        report["local"] = json!(s.local_addr()?.to_string());
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // The server may close before reading everything (a 400 at the first bad byte):
+        // keep what it answered even if the rest of the write fails.
+        let _ = s
+            .write_all(&request)
+            .and_then(|()| s.shutdown(Shutdown::Write));
+        let mut response = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    report["end"] = json!("closed");
+                    return Ok(response);
+                }
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    report["end"] = json!("reset");
+                    return Ok(response);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    report["end"] = json!("timeout");
+                    return Ok(response);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })();
+    match result {
+        Ok(response) => report["response"] = json!(String::from_utf8_lossy(&response)),
+        Err(e) => report["error"] = json!(format!("{:?}", e.kind())),
+    }
+    report
 }

@@ -1,0 +1,304 @@
+//! The audit trail: one JSON line per decision, for security teams.
+//!
+//! Records are handed to a writer thread through a bounded queue, so the request path never
+//! waits for the disk; when the queue is full the record is dropped and counted (a slow disk
+//! must not stall enforcement). The file rotates by size: `audit.jsonl` becomes
+//! `audit.jsonl.1`, and so on up to `keep` files.
+//!
+//! Records never hold credentials: no header values, no query string, no bodies.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{identity::Identity, policy::AuditSink};
+
+/// Records that may wait for the writer. At ~300 bytes each, about 2.5 MiB at most.
+const QUEUE: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("audit file {}: cannot open", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the audit writer thread")]
+    Thread(#[source] io::Error),
+}
+
+/// The decision a record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Forwarded because of audit mode; enforcement would have denied it.
+    WouldDeny,
+    /// Refused before any decision: the request was malformed or not HTTP.
+    Reject,
+}
+
+/// One decision. Borrowed fields keep building it cheap on the request path.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    pub time: f64,
+    pub request_id: String,
+    pub decision: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    pub mode: &'static str,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub caller: Arc<Caller>,
+    /// Policy identities the caller matched.
+    pub identities: Arc<[Arc<str>]>,
+    pub service: Arc<str>,
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Normalised path, without the query (which may carry secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Status sent to the client (the upstream's, or the agent's own 4xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Time the agent added before the request left for the upstream (or was answered), µs.
+    pub added_latency_us: u64,
+}
+
+/// The attested caller, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Caller {
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Arc<str>>,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Arc<str>>,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl From<&Identity> for Caller {
+    fn from(id: &Identity) -> Self {
+        let process = id.process.as_deref();
+        let cgroup = id.cgroup.as_deref();
+        Self {
+            tgid: id.tgid,
+            pid: id.pid,
+            uid: id.uid,
+            gid: id.gid,
+            user: id.user.clone(),
+            group: id.group.clone(),
+            comm: id.comm.clone(),
+            exe: process.map(|p| p.exe.display().to_string()),
+            sha256: process.map(|p| p.sha256.clone()),
+            cgroup_id: id.cgroup_id,
+            cgroup: cgroup.map(|c| c.path.clone()),
+            unit: cgroup.and_then(|c| c.unit.clone()),
+            container: cgroup.and_then(|c| c.container.clone()),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `Record::time`.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The sending side of the audit trail. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: SyncSender<Record>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the audit trail itself.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub written: AtomicU64,
+    /// Records lost: queue full, or the write failed.
+    pub dropped: AtomicU64,
+}
+
+impl Audit {
+    /// Open `output` and start its writer thread.
+    pub fn start(output: &AuditSink) -> Result<Self, Error> {
+        let sink: Box<dyn Sink> = match output {
+            AuditSink::Stdout => Box::new(io::stdout()),
+            AuditSink::File {
+                path,
+                max_bytes,
+                keep,
+            } => Box::new(RotatingFile::open(path.clone(), *max_bytes, *keep)?),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let stats = Arc::new(Stats::default());
+        let writer_stats = stats.clone();
+        thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || write_loop(rx, sink, &writer_stats))
+            .map_err(Error::Thread)?;
+        Ok(Self { tx, stats })
+    }
+
+    /// Queue a record; never blocks.
+    pub fn record(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+trait Sink: Send {
+    /// Write one complete line.
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl Sink for io::Stdout {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.lock().write_all(line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Write::flush(self)
+    }
+}
+
+fn write_loop(rx: Receiver<Record>, mut sink: Box<dyn Sink>, stats: &Stats) {
+    let mut line = Vec::with_capacity(1024);
+    // Block for the first record, then drain what queued up before flushing once.
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(record) = next {
+            line.clear();
+            let written = serde_json::to_writer(&mut line, &record)
+                .map_err(io::Error::from)
+                .and_then(|()| {
+                    line.push(b'\n');
+                    sink.write_line(&line)
+                });
+            match written {
+                Ok(()) => stats.written.fetch_add(1, Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit record lost");
+                    stats.dropped.fetch_add(1, Relaxed)
+                }
+            };
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = sink.flush() {
+            tracing::warn!(error = %e, "audit flush failed");
+        }
+    }
+}
+
+/// A file that rotates by size.
+struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: BufWriter<File>,
+    size: u64,
+}
+
+impl RotatingFile {
+    fn open(path: PathBuf, max_bytes: u64, keep: u32) -> Result<Self, Error> {
+        let file = open_append(&path).map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            path,
+            max_bytes,
+            keep,
+            file: BufWriter::with_capacity(64 * 1024, file),
+            size,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        if self.keep == 0 {
+            fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = numbered(&self.path, n);
+                if from.exists() {
+                    fs::rename(&from, numbered(&self.path, n + 1))?;
+                }
+            }
+            fs::rename(&self.path, numbered(&self.path, 1))?;
+        }
+        self.file = BufWriter::with_capacity(64 * 1024, open_append(&self.path)?);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Sink for RotatingFile {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests;

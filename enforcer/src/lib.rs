@@ -1,0 +1,10 @@
+//! The enforcer agent as a library: the binary (`main.rs`) is its CLI, and benchmarks call the
+//! decision path directly.
+
+pub mod audit;
+pub mod http;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod redirect;
+pub mod reload;

@@ -1,0 +1,584 @@
+//! From the file as written to a [`Policy`]: every semantic error is collected, with its place.
+//!
+//! Syntax and type errors come from the parser, which stops at the first; everything it
+//! accepts is then checked here, and all problems are reported together, in file order.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_saphyr::{Location, Spanned};
+
+use super::{
+    AuditSink, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol, Service, Settings,
+    VERSION,
+    caller::{self, IdentityMatcher},
+    diagnostic::Diagnostics,
+    endpoint::Endpoint,
+    file::{
+        AuditFile, Entries, File, IdentityFile, LimitsFile, RuleFile, ServiceFile, VersionProbe,
+    },
+    matcher::{Callers, Rule},
+    pattern::{Methods, PathPattern},
+};
+
+/// Resolves a host name (for `port`, which getaddrinfo wants) to addresses. Injected, so tests
+/// need no DNS.
+pub(super) type Resolve<'a> = &'a dyn Fn(&str, u16) -> io::Result<Vec<IpAddr>>;
+
+pub(super) fn system_resolve(host: &str, port: u16) -> io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs as _;
+    Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
+}
+
+/// Longest identity name, service name or rule id: they label logs and metrics.
+const MAX_NAME: usize = 64;
+
+/// Parse, check and compile policy text; `file` only names it in diagnostics.
+pub(super) fn compile(
+    file: &Path,
+    text: &str,
+    resolve: Resolve,
+) -> Result<Policy, Vec<Diagnostic>> {
+    let mut d = Diagnostics::new(file);
+    if let Ok(VersionProbe { version: Some(v) }) = serde_saphyr::from_str::<VersionProbe>(text)
+        && v.value != VERSION
+    {
+        unsupported_version(&mut d, &v);
+        return Err(d.into_sorted());
+    }
+    let mut options = serde_saphyr::Options::default();
+    // `yes`, `on` and friends are strings, not booleans (YAML 1.2).
+    options.strict_booleans = true;
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    let parsed: File = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(f) => f,
+        Err(e) => return Err(vec![d.parser_error(&e)]),
+    };
+    if parsed.version.value != VERSION {
+        unsupported_version(&mut d, &parsed.version);
+        return Err(d.into_sorted());
+    }
+
+    let settings = settings(&mut d, parsed.settings.unwrap_or_default());
+    let identities = identities(&mut d, parsed.identities);
+    let services = services(&mut d, parsed.services, resolve);
+    let rules = rules(
+        &mut d,
+        parsed.rules.unwrap_or_default(),
+        &identities,
+        &services,
+    );
+    if !d.is_empty() {
+        return Err(d.into_sorted());
+    }
+    Ok(Policy::new(
+        file.to_owned(),
+        services.map,
+        settings,
+        identities.list,
+        rules,
+    ))
+}
+
+fn unsupported_version(d: &mut Diagnostics, v: &Spanned<u32>) {
+    d.at(
+        &v.referenced,
+        format!(
+            "unsupported version {} (this agent reads version {VERSION})",
+            v.value
+        ),
+    );
+}
+
+/// Check an identity name, service name or rule id (`what`).
+fn name(d: &mut Diagnostics, what: &str, n: &Spanned<String>) {
+    let s = &n.value;
+    let valid = !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        d.at(
+            &n.referenced,
+            format!(
+                "bad {what} `{s}`: use up to {MAX_NAME} letters, digits, `.`, `_` and `-`, \
+                 starting with a letter or digit"
+            ),
+        );
+    }
+}
+
+// === settings ===
+
+fn settings(d: &mut Diagnostics, s: super::file::SettingsFile) -> Settings {
+    Settings {
+        mode: s.mode.unwrap_or_default(),
+        limits: limits(d, s.limits.unwrap_or_default()),
+        audit: s.audit.map_or(AuditSink::Stdout, |a| audit(d, a)),
+    }
+}
+
+fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
+    let default = Limits::default();
+    let line_loc = l
+        .max_request_line
+        .as_ref()
+        .or(l.max_head_bytes.as_ref())
+        .map(|v| v.referenced);
+    let limits = Limits {
+        max_request_line: count(
+            d,
+            l.max_request_line,
+            "maxRequestLine",
+            default.max_request_line,
+        ),
+        max_head_bytes: count(d, l.max_head_bytes, "maxHeadBytes", default.max_head_bytes),
+        max_headers: count(d, l.max_headers, "maxHeaders", default.max_headers),
+        head_timeout: timeout(d, l.head_timeout, "headTimeout", default.head_timeout),
+        idle_timeout: timeout(d, l.idle_timeout, "idleTimeout", default.idle_timeout),
+    };
+    if limits.max_request_line > limits.max_head_bytes
+        && let Some(loc) = line_loc
+    {
+        d.at(
+            &loc,
+            format!(
+                "`maxRequestLine` ({}) exceeds `maxHeadBytes` ({}): the request line is part \
+                 of the head",
+                limits.max_request_line, limits.max_head_bytes
+            ),
+        );
+    }
+    limits
+}
+
+fn count(d: &mut Diagnostics, v: Option<Spanned<u64>>, field: &str, default: usize) -> usize {
+    let Some(v) = v else { return default };
+    match usize::try_from(v.value) {
+        Ok(n) if n > 0 => n,
+        _ => {
+            d.at(&v.referenced, format!("`{field}` must be at least 1"));
+            default
+        }
+    }
+}
+
+fn timeout(
+    d: &mut Diagnostics,
+    v: Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
+    let Some(v) = v else { return default };
+    match duration(&v.value) {
+        Ok(t) => t,
+        Err(why) => {
+            d.at(&v.referenced, format!("bad `{field}` `{}`: {why}", v.value));
+            default
+        }
+    }
+}
+
+/// `500ms`, `10s`, `2m`, `1h`: a positive whole number and a unit.
+fn duration(s: &str) -> Result<Duration, &'static str> {
+    const WHY: &str = "expected a positive whole number and a unit: `500ms`, `10s`, `2m`, `1h`";
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(WHY)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| WHY)?;
+    let t = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(WHY),
+    };
+    if t.is_zero() {
+        return Err(WHY);
+    }
+    Ok(t)
+}
+
+fn audit(d: &mut Diagnostics, a: AuditFile) -> AuditSink {
+    if a.file.value == "-" {
+        for (field, loc) in [
+            ("maxBytes", a.max_bytes.as_ref().map(|v| v.referenced)),
+            ("keep", a.keep.as_ref().map(|v| v.referenced)),
+        ] {
+            if let Some(loc) = loc {
+                d.at(
+                    &loc,
+                    format!("`{field}` applies to an audit file, not to stdout (`-`)"),
+                );
+            }
+        }
+        return AuditSink::Stdout;
+    }
+    let path = PathBuf::from(&a.file.value);
+    if !path.is_absolute() {
+        d.at(
+            &a.file.referenced,
+            format!(
+                "audit `file` `{}` must be an absolute path, or `-` for stdout",
+                a.file.value
+            ),
+        );
+    }
+    let max_bytes = match a.max_bytes {
+        Some(v) if v.value == 0 => {
+            d.at(&v.referenced, "`maxBytes` must be at least 1");
+            AuditSink::DEFAULT_MAX_BYTES
+        }
+        Some(v) => v.value,
+        None => AuditSink::DEFAULT_MAX_BYTES,
+    };
+    AuditSink::File {
+        path,
+        max_bytes,
+        keep: a.keep.map_or(AuditSink::DEFAULT_KEEP, |k| k.value),
+    }
+}
+
+// === identities ===
+
+struct Identities {
+    list: Vec<IdentityMatcher>,
+    /// Name → index, for every name in the file (even one with errors, so rules naming it are
+    /// not reported twice).
+    by_name: HashMap<String, u32>,
+}
+
+fn identities(d: &mut Diagnostics, entries: Option<Entries<IdentityFile>>) -> Identities {
+    let mut out = Identities {
+        list: Vec::new(),
+        by_name: HashMap::new(),
+    };
+    for (key, file) in entries.map(|e| e.0).unwrap_or_default() {
+        name(d, "identity name", &key);
+        if key.value == "*" {
+            // `name` reported it; also keep `*` out of the names rules can use.
+            continue;
+        }
+        let m = identity(d, &key, file);
+        out.by_name.insert(key.value, out.list.len() as u32);
+        out.list.push(m);
+    }
+    out
+}
+
+fn identity(d: &mut Diagnostics, key: &Spanned<String>, f: IdentityFile) -> IdentityMatcher {
+    fn attr<T>(
+        d: &mut Diagnostics,
+        v: Option<Spanned<String>>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let v = v?;
+        parse(&v.value).map_err(|e| d.at(&v.referenced, e)).ok()
+    }
+    let given = [
+        &f.exe,
+        &f.sha256,
+        &f.user,
+        &f.group,
+        &f.systemd_unit,
+        &f.cgroup,
+        &f.container,
+    ]
+    .iter()
+    .any(|a| a.is_some());
+    if !given {
+        d.at(
+            &key.referenced,
+            format!(
+                "identity `{}` constrains nothing, so it would match every caller: give at least \
+                 one of exe, sha256, user, group, systemdUnit, cgroup, container (or use \
+                 `from: [\"*\"]` in a rule)",
+                key.value
+            ),
+        );
+    }
+    IdentityMatcher {
+        name: key.value.as_str().into(),
+        exe: attr(d, f.exe, caller::exe),
+        sha256: attr(d, f.sha256, caller::sha256),
+        user: attr(d, f.user, |s| caller::account_of("user", s)),
+        group: attr(d, f.group, |s| caller::account_of("group", s)),
+        systemd_unit: attr(d, f.systemd_unit, caller::systemd_unit),
+        cgroup: attr(d, f.cgroup, caller::cgroup),
+        container: attr(d, f.container, caller::container),
+    }
+}
+
+// === services ===
+
+struct Services {
+    map: BTreeMap<String, Service>,
+}
+
+fn services(
+    d: &mut Diagnostics,
+    services: Spanned<Option<Entries<ServiceFile>>>,
+    resolve: Resolve,
+) -> Services {
+    let entries = services.value.map(|e| e.0).unwrap_or_default();
+    if entries.is_empty() {
+        d.at(
+            &services.referenced,
+            "no protected destination: `services` is empty",
+        );
+    }
+    let mut map = BTreeMap::new();
+    for (key, svc) in entries {
+        name(d, "service name", &key);
+        let protocol = svc.protocol.unwrap_or_default();
+        let destinations = destinations(d, &key, svc, resolve);
+        map.insert(
+            key.value,
+            Service {
+                destinations,
+                protocol,
+            },
+        );
+    }
+    Services { map }
+}
+
+fn destinations(
+    d: &mut Diagnostics,
+    key: &Spanned<String>,
+    svc: ServiceFile,
+    resolve: Resolve,
+) -> Vec<Destination> {
+    if svc.endpoints.value.is_empty() {
+        d.at(
+            &svc.endpoints.referenced,
+            format!("service `{}` has no endpoints", key.value),
+        );
+    }
+    let mut out = Vec::new();
+    let mut push = |dst: Destination| {
+        if !out.contains(&dst) {
+            out.push(dst);
+        }
+    };
+    for ep in svc.endpoints.value {
+        match ep.value.parse::<Endpoint>() {
+            Err(e) => d.at(&ep.referenced, e),
+            Ok(Endpoint::Prefix(prefix, ports)) => push(Destination { prefix, ports }),
+            Ok(Endpoint::Host(host, ports)) => match resolve(&host, ports.first) {
+                Ok(addrs) if addrs.is_empty() => {
+                    d.at(
+                        &ep.referenced,
+                        format!("host `{host}` resolves to no address"),
+                    );
+                }
+                Ok(addrs) => {
+                    for ip in addrs {
+                        push(Destination {
+                            prefix: Prefix::host(ip),
+                            ports,
+                        });
+                    }
+                }
+                Err(e) => d.at(
+                    &ep.referenced,
+                    format!("host `{host}` does not resolve: {e}"),
+                ),
+            },
+        }
+    }
+    out
+}
+
+// === rules ===
+
+fn rules(
+    d: &mut Diagnostics,
+    files: Vec<RuleFile>,
+    identities: &Identities,
+    services: &Services,
+) -> Vec<Rule> {
+    let mut seen: HashMap<String, Location> = HashMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        name(d, "rule id", &f.id);
+        if let Some(first) = seen.get(&f.id.value) {
+            d.at(
+                &f.id.referenced,
+                format!(
+                    "duplicate rule id `{}` (first at line {}, column {})",
+                    f.id.value,
+                    first.line(),
+                    first.column()
+                ),
+            );
+        } else {
+            seen.insert(f.id.value.clone(), f.id.referenced);
+        }
+        out.push(rule(d, f, identities, services));
+    }
+    out
+}
+
+fn rule(d: &mut Diagnostics, f: RuleFile, identities: &Identities, services: &Services) -> Rule {
+    let id = &f.id.value;
+    // from
+    let from = if f.from.value.is_empty() {
+        d.at(
+            &f.from.referenced,
+            format!("rule `{id}`: `from` is empty: name identities, or `\"*\"` for any caller"),
+        );
+        Callers::Identities(Box::default())
+    } else if let Some(star) = f.from.value.iter().find(|n| n.value == "*") {
+        if f.from.value.len() > 1 {
+            d.at(
+                &star.referenced,
+                format!("rule `{id}`: `*` already means any caller: list nothing else"),
+            );
+        }
+        Callers::Any
+    } else {
+        let mut ids = Vec::new();
+        for n in &f.from.value {
+            match identities.by_name.get(&n.value) {
+                Some(&i) => ids.push(i),
+                None => d.at(
+                    &n.referenced,
+                    format!("rule `{id}`: unknown identity `{}`", n.value),
+                ),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Callers::Identities(ids.into())
+    };
+    // to
+    match services.map.get(&f.to.value) {
+        None => d.at(
+            &f.to.referenced,
+            format!("rule `{id}`: unknown service `{}`", f.to.value),
+        ),
+        Some(s) if s.protocol == Protocol::Tcp => d.at(
+            &f.to.referenced,
+            format!(
+                "rule `{id}`: service `{}` is `protocol: tcp`: its connections are relayed \
+                 unread, so no rule applies to them",
+                f.to.value
+            ),
+        ),
+        Some(_) => {}
+    }
+    // methods
+    let mut methods = Methods::default();
+    if f.methods.value.is_empty() {
+        d.at(
+            &f.methods.referenced,
+            format!("rule `{id}`: `methods` is empty: list methods, or `\"*\"` for any"),
+        );
+    }
+    for m in &f.methods.value {
+        if let Err(why) = methods.add(&m.value) {
+            d.at(&m.referenced, format!("rule `{id}`: bad method {why}"));
+        }
+    }
+    // paths
+    if f.paths.value.is_empty() {
+        d.at(
+            &f.paths.referenced,
+            format!("rule `{id}`: `paths` is empty: list path patterns, or `\"/**\"` for any"),
+        );
+    }
+    let mut paths = Vec::new();
+    for p in &f.paths.value {
+        match p.value.parse::<PathPattern>() {
+            Ok(p) => paths.push(p),
+            Err(why) => d.at(
+                &p.referenced,
+                format!("rule `{id}`: bad path pattern `{}`: {why}", p.value),
+            ),
+        }
+    }
+    // headers
+    let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
+    for (k, v) in f.headers.map(|h| h.0).unwrap_or_default() {
+        let lower = k.value.to_ascii_lowercase();
+        if !is_token(&k.value) {
+            d.at(
+                &k.referenced,
+                format!("rule `{id}`: `{}` is not a header name", k.value),
+            );
+        } else if headers.iter().any(|(n, _)| **n == *lower) {
+            d.at(
+                &k.referenced,
+                format!(
+                    "rule `{id}`: header `{}` given twice (header names are case-insensitive)",
+                    k.value
+                ),
+            );
+        }
+        let value_ok = v
+            .value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            && v.value.trim_matches([' ', '\t']) == v.value;
+        if !value_ok {
+            d.at(
+                &v.referenced,
+                format!(
+                    "rule `{id}`: header `{}`: the value must be printable ASCII without \
+                     surrounding blanks",
+                    k.value
+                ),
+            );
+        }
+        headers.push((lower.into(), v.value.into()));
+    }
+    // query
+    let mut query = Vec::new();
+    for (k, v) in f.query.map(|q| q.0).unwrap_or_default() {
+        if k.value.is_empty() {
+            d.at(
+                &k.referenced,
+                format!("rule `{id}`: empty query parameter name"),
+            );
+        }
+        query.push((k.value.into(), v.value.into()));
+    }
+    // websocket
+    let websocket = f.websocket.as_ref().is_some_and(|w| w.value);
+    if let Some(w) = &f.websocket
+        && w.value
+        && !methods.contains(super::pattern::Method::new("GET"))
+    {
+        d.at(
+            &w.referenced,
+            format!("rule `{id}`: a WebSocket upgrade is a GET request: add GET to `methods`"),
+        );
+    }
+    Rule {
+        id: Arc::from(id.as_str()),
+        from,
+        service: Arc::from(f.to.value.as_str()),
+        methods,
+        paths: paths.into(),
+        headers: headers.into(),
+        query: query.into(),
+        websocket,
+        mode: f.mode.unwrap_or(Mode::Enforce),
+        line: f.id.referenced.line(),
+        column: f.id.referenced.column(),
+    }
+}
+
+/// An RFC 9110 token (header names are tokens).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

@@ -1,0 +1,723 @@
+//! The HTTP/1.1 side of the proxy: one policy decision per request.
+//!
+//! Enforces: each request head is parsed strictly, decided on its own (keep-alive and
+//! pipelined requests included) and, if allowed, forwarded in canonical form — the path the
+//! policy matched is the path the upstream receives. A denied request gets 403 and never
+//! reaches the upstream; a malformed one gets 400 and the connection is closed, since where
+//! the next request starts can no longer be trusted. Reports: one audit record per request.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+use tracing::debug;
+
+use crate::{
+    audit::{self, Caller, Record},
+    http::{
+        self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
+        ResponseKind,
+    },
+    identity::Identity,
+    policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
+};
+
+use super::Relay;
+
+/// Initial size of each read buffer; grows only for larger heads.
+const BUFFER: usize = 16 * 1024;
+
+/// One redirected connection's fixed facts.
+pub(super) struct Conn {
+    pub dst: SocketAddr,
+    pub identity: Arc<Identity>,
+}
+
+/// Which policy identities the caller matches, for one policy.
+struct Classified {
+    policy: Arc<Policy>,
+    ids: IdentitySet,
+    /// Their names, shared by every record of the connection.
+    names: Arc<[Arc<str>]>,
+}
+
+impl Headers for [http::Header] {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter().map(|h| (h.name(), h.value()))
+    }
+}
+
+/// Serve HTTP/1.1 requests on `client` until it closes, errs or is refused.
+pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
+    let caller = Arc::new(Caller::from(&*conn.identity));
+    let mut cbuf = BytesMut::with_capacity(BUFFER);
+    let mut upstream: Option<Upstream> = None;
+    // Which policy identities the caller matches, per policy: classified once per policy.
+    let mut classified: Option<Classified> = None;
+    let dst = conn.dst.to_string();
+    loop {
+        let policy = relay.store.current();
+        let limits = policy.settings.limits;
+        let http_limits = http::Limits {
+            max_request_line: limits.max_request_line,
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+        };
+        let head = read_head(
+            &mut client,
+            &mut cbuf,
+            &http_limits,
+            limits.idle_timeout,
+            limits.head_timeout,
+        )
+        .await;
+        let started = Instant::now();
+        let service: Arc<str> = policy
+            .service_for(conn.dst.ip(), conn.dst.port())
+            .unwrap_or("unknown")
+            .into();
+        if !matches!(&classified, Some(c) if Arc::ptr_eq(&c.policy, &policy)) {
+            let ids = policy.classify(&conn.identity);
+            let names = ids.names().map(Arc::from).collect();
+            classified = Some(Classified {
+                policy: policy.clone(),
+                ids,
+                names,
+            });
+        }
+        let Some(Classified { ids, names, .. }) = &classified else {
+            unreachable!("classified just above")
+        };
+        let mut record = Record {
+            time: audit::now(),
+            request_id: request_id(),
+            decision: audit::Verdict::Reject,
+            rule: None,
+            mode: policy.settings.mode.as_str(),
+            reason: "",
+            detail: None,
+            caller: caller.clone(),
+            identities: names.clone(),
+            service,
+            destination: dst.clone(),
+            method: None,
+            path: None,
+            status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            added_latency_us: 0,
+        };
+        let req = match head {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(HeadFailure::Io) => return,
+            Err(HeadFailure::Timeout) => {
+                record.reason = "request head timeout";
+                refuse(&mut client, 408, "request timeout", &mut record, started).await;
+                return relay.audit.record(record);
+            }
+            Err(HeadFailure::Invalid(e)) => {
+                record.detail = Some(e.to_string());
+                if let RequestError::NotHttp { .. } = e {
+                    // A TLS or HTTP/2 client cannot read an HTTP/1.1 error: just close.
+                    record.reason = "not http/1.x";
+                    record.added_latency_us = micros(started);
+                } else {
+                    record.reason = "malformed request";
+                    refuse(&mut client, 400, "bad request", &mut record, started).await;
+                }
+                return relay.audit.record(record);
+            }
+        };
+        record.method = Some(req.method().as_str().to_owned());
+        record.path = Some(req.path().to_owned());
+
+        let decision = policy.decide(
+            ids,
+            &record.service,
+            req.method().as_str(),
+            req.path(),
+            req.headers(),
+            req.query(),
+        );
+        describe(&decision, &mut record);
+        if decision.verdict == Verdict::Deny {
+            refuse(&mut client, 403, "forbidden", &mut record, started).await;
+            relay.audit.record(record);
+            // A body we did not read would be taken for the next request: only a request
+            // without one leaves the connection usable.
+            if req.body() != Body::None || !req.keep_alive() {
+                return;
+            }
+            continue;
+        }
+
+        let up = match &mut upstream {
+            Some(up) => up,
+            None => match connect(relay, conn.dst).await {
+                Ok(up) => upstream.insert(up),
+                Err(e) => {
+                    record.reason = "upstream unreachable";
+                    record.detail = Some(e.to_string());
+                    relay.stats.upstream_failed.fetch_add(1, Relaxed);
+                    refuse(&mut client, 502, "bad gateway", &mut record, started).await;
+                    return relay.audit.record(record);
+                }
+            },
+        };
+        let outcome = exchange(
+            &mut client,
+            &mut cbuf,
+            up,
+            &req,
+            &http_limits,
+            &limits,
+            started,
+        )
+        .await;
+        record.status = outcome.status;
+        record.request_bytes = outcome.request_bytes;
+        record.response_bytes = outcome.response_bytes;
+        record.added_latency_us = outcome.added_latency_us;
+        if let Some(why) = outcome.failure {
+            record.detail = Some(why);
+        }
+        relay.audit.record(record);
+        match outcome.next {
+            Next::Continue => {}
+            Next::ReconnectUpstream => upstream = None,
+            Next::Close => return,
+            Next::Tunnel => {
+                let Some(mut up) = upstream.take() else {
+                    return;
+                };
+                tunnel(&mut client, &mut cbuf, &mut up).await;
+                return;
+            }
+        }
+    }
+}
+
+fn describe(decision: &Decision<'_>, record: &mut Record) {
+    record.decision = match decision.verdict {
+        Verdict::Allow => audit::Verdict::Allow,
+        Verdict::Deny => audit::Verdict::Deny,
+        Verdict::AuditDeny => audit::Verdict::WouldDeny,
+    };
+    record.rule = decision.rule.map(|r| Arc::from(r.id()));
+    record.mode = decision.mode.as_str();
+    record.reason = match decision.reason {
+        Reason::Rule => "rule",
+        Reason::NoMatchingRule => "no matching rule",
+        Reason::UnknownService => "unknown service",
+        Reason::PathNotNormal => "path not normal",
+        Reason::StaleIdentities => "stale identities",
+    };
+}
+
+/// Unique per request: a per-process random prefix and a counter.
+fn request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // SAFETY: writes at most 4 bytes into `bytes`.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n == 4 {
+            u32::from_ne_bytes(bytes)
+        } else {
+            std::process::id()
+        }
+    });
+    format!("{prefix:08x}{:08x}", COUNTER.fetch_add(1, Relaxed))
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+// === reading a request head ===
+
+enum HeadFailure {
+    /// The connection failed or closed mid-head.
+    Io,
+    Timeout,
+    Invalid(RequestError),
+}
+
+/// Read the next request head. `Ok(None)`: the client closed cleanly between requests.
+/// Waiting for its first byte is bounded by `idle`; once it has started, the whole head must
+/// arrive within `head` (slowloris).
+async fn read_head(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    limits: &http::Limits,
+    idle: Duration,
+    head: Duration,
+) -> Result<Option<Request>, HeadFailure> {
+    let mut deadline = None::<tokio::time::Instant>;
+    loop {
+        if !buf.is_empty() {
+            match http::parse_request(buf, limits) {
+                Ok(Some((req, len))) => {
+                    buf.advance(len);
+                    return Ok(Some(req));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Invalid(e)),
+            }
+        }
+        let started = !buf.is_empty();
+        let limit = match (started, deadline) {
+            (false, _) => tokio::time::Instant::now() + idle,
+            (true, Some(d)) => d,
+            (true, None) => *deadline.insert(tokio::time::Instant::now() + head),
+        };
+        match tokio::time::timeout_at(limit, client.read_buf(buf)).await {
+            Ok(Ok(0)) if !started => return Ok(None),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadFailure::Io),
+            Ok(Ok(_)) => {}
+            // An idle keep-alive connection simply ends; a half-sent head is answered.
+            Err(_) if !started => return Ok(None),
+            Err(_) => return Err(HeadFailure::Timeout),
+        }
+    }
+}
+
+// === answering from the agent ===
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    request_id: &'a str,
+}
+
+/// Answer the client ourselves (403, 400, 408, 502) with a small JSON body. Every status but
+/// 403 ends the connection, and says so.
+async fn refuse(
+    client: &mut TcpStream,
+    status: u16,
+    error: &str,
+    record: &mut Record,
+    started: Instant,
+) {
+    let body = serde_json::to_vec(&ErrorBody {
+        error,
+        reason: record.reason,
+        rule: record.rule.as_deref(),
+        request_id: &record.request_id,
+    })
+    .unwrap_or_default();
+    let text = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        _ => "Bad Gateway",
+    };
+    let connection = if status == 403 {
+        ""
+    } else {
+        "connection: close\r\n"
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
+        body.len()
+    );
+    let mut out = Vec::with_capacity(head.len() + body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&body);
+    let _ = client.write_all(&out).await;
+    record.status = Some(status);
+    record.response_bytes = out.len() as u64;
+    record.added_latency_us = micros(started);
+}
+
+// === forwarding ===
+
+/// The upstream connection of a client connection, opened at its first allowed request and
+/// reused while both sides keep it alive.
+struct Upstream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+async fn connect(relay: &Relay, dst: SocketAddr) -> std::io::Result<Upstream> {
+    let stream = match timeout(relay.connect_timeout, TcpStream::connect(dst)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(Upstream {
+        stream,
+        buf: BytesMut::with_capacity(BUFFER),
+    })
+}
+
+/// What became of the connection after an exchange.
+enum Next {
+    Continue,
+    /// The client connection goes on; the upstream one cannot be reused.
+    ReconnectUpstream,
+    Close,
+    /// 101 Switching Protocols: relay bytes both ways from now on.
+    Tunnel,
+}
+
+struct Outcome {
+    status: Option<u16>,
+    request_bytes: u64,
+    response_bytes: u64,
+    added_latency_us: u64,
+    failure: Option<String>,
+    next: Next,
+}
+
+/// Forward one allowed request and relay its response.
+async fn exchange(
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    up: &mut Upstream,
+    req: &Request,
+    http_limits: &http::Limits,
+    limits: &policy::Limits,
+    started: Instant,
+) -> Outcome {
+    let mut outcome = Outcome {
+        status: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        added_latency_us: 0,
+        failure: None,
+        next: Next::Close,
+    };
+    let mut head = BytesMut::with_capacity(512);
+    http::write_request_head(req, &mut head);
+    if let Err(e) = up.stream.write_all(&head).await {
+        outcome.failure = Some(format!("upstream write: {e}"));
+        let _ = write_bad_gateway(client).await;
+        outcome.status = Some(502);
+        return outcome;
+    }
+    outcome.added_latency_us = micros(started);
+
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = up.stream.split();
+    let idle = limits.idle_timeout;
+    // The body goes up while the response comes down: the upstream may answer interim
+    // responses (100 Continue) before it reads the body, or a final one without reading it.
+    let (sent, answered) = {
+        let body = forward_body(&mut cr, cbuf, &mut uw, req.body(), http_limits, idle);
+        let response = relay_response(
+            &mut ur,
+            &mut up.buf,
+            &mut cw,
+            req.method(),
+            http_limits,
+            idle,
+        );
+        tokio::pin!(body, response);
+        let mut sent = None;
+        loop {
+            tokio::select! {
+                r = &mut body, if sent.is_none() => match r {
+                    Ok(n) => sent = Some(n),
+                    Err(e) => {
+                        // The client broke its own framing mid-body: the upstream must not
+                        // act on a truncated request, so both connections end.
+                        outcome.failure = Some(format!("request body: {e}"));
+                        return outcome;
+                    }
+                },
+                r = &mut response => break (sent, r),
+            }
+        }
+    };
+    outcome.request_bytes = sent.unwrap_or(0);
+    match answered {
+        Ok(resp) => {
+            outcome.status = Some(resp.status);
+            outcome.response_bytes = resp.bytes;
+            outcome.next = if resp.upgraded {
+                Next::Tunnel
+            } else if sent.is_none() || !req.keep_alive() {
+                // Answered before the body was all read: the rest of it is unread.
+                Next::Close
+            } else if resp.upstream_reusable {
+                Next::Continue
+            } else {
+                Next::ReconnectUpstream
+            };
+        }
+        Err(e) => {
+            if !e.head_relayed {
+                let _ = cw.write_all(BAD_GATEWAY).await;
+                outcome.status = Some(502);
+            }
+            outcome.failure = Some(format!("response: {}", e.reason));
+        }
+    }
+    outcome
+}
+
+const BAD_GATEWAY: &[u8] =
+    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+async fn write_bad_gateway(client: &mut TcpStream) -> std::io::Result<()> {
+    client.write_all(BAD_GATEWAY).await
+}
+
+/// Read into `buf`, bounded by `idle`; error at EOF.
+async fn fill<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<(), String> {
+    match timeout(idle, r.read_buf(buf)).await {
+        Ok(Ok(0)) => Err("connection closed mid-message".into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("idle timeout".into()),
+    }
+}
+
+/// Forward the request body per its framing; a chunked body is re-encoded canonically.
+/// Returns the body bytes received.
+async fn forward_body<R, W>(
+    client: &mut R,
+    buf: &mut BytesMut,
+    upstream: &mut W,
+    body: Body,
+    limits: &http::Limits,
+    idle: Duration,
+) -> Result<u64, String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match body {
+        Body::None => Ok(0),
+        Body::Length(len) => copy_exact(client, buf, upstream, len, idle)
+            .await
+            .map(|()| len),
+        Body::Chunked => {
+            let mut decoder = ChunkedDecoder::new(limits);
+            let mut out = BytesMut::with_capacity(BUFFER + 16);
+            let mut total = 0u64;
+            loop {
+                if buf.is_empty() {
+                    fill(client, buf, idle).await?;
+                }
+                match decoder.decode(buf).map_err(|e| e.to_string())? {
+                    Decoded::Data(range) => {
+                        http::write_chunk(&buf[range.clone()], &mut out);
+                        total += range.len() as u64;
+                        buf.advance(range.end);
+                    }
+                    Decoded::NeedMore => buf.clear(),
+                    Decoded::End { consumed } => {
+                        buf.advance(consumed);
+                        http::write_last_chunk(&mut out);
+                        upstream.write_all(&out).await.map_err(|e| e.to_string())?;
+                        return Ok(total);
+                    }
+                }
+                if out.len() >= BUFFER {
+                    upstream.write_all(&out).await.map_err(|e| e.to_string())?;
+                    out.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Copy exactly `len` bytes from `buf` then `from` to `to`.
+async fn copy_exact<R, W>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    to: &mut W,
+    mut len: u64,
+    idle: Duration,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while len > 0 {
+        if buf.is_empty() {
+            fill(from, buf, idle).await?;
+        }
+        let n = buf.len().min(len as usize);
+        to.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        buf.advance(n);
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+struct Relayed {
+    status: u16,
+    bytes: u64,
+    upgraded: bool,
+    upstream_reusable: bool,
+}
+
+struct RelayError {
+    reason: String,
+    /// Whether the client already got (part of) a response head.
+    head_relayed: bool,
+}
+
+/// Relay interim responses and the final one (head as received, body per its framing).
+async fn relay_response<R, W>(
+    upstream: &mut R,
+    buf: &mut BytesMut,
+    client: &mut W,
+    method: &Method,
+    limits: &http::Limits,
+    idle: Duration,
+) -> Result<Relayed, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut bytes = 0u64;
+    let mut relayed_any = false;
+    let err = |reason: String, head_relayed: bool| RelayError {
+        reason,
+        head_relayed,
+    };
+    loop {
+        let (resp, len) = loop {
+            match http::parse_response(buf, limits) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => fill(upstream, buf, idle)
+                    .await
+                    .map_err(|e| err(e, relayed_any))?,
+                Err(e) => return Err(err(e.to_string(), relayed_any)),
+            }
+        };
+        client
+            .write_all(&buf[..len])
+            .await
+            .map_err(|e| err(e.to_string(), true))?;
+        buf.advance(len);
+        bytes += len as u64;
+        relayed_any = true;
+        match resp.kind() {
+            ResponseKind::Interim => continue,
+            ResponseKind::SwitchingProtocols => {
+                return Ok(Relayed {
+                    status: resp.status(),
+                    bytes,
+                    upgraded: true,
+                    upstream_reusable: false,
+                });
+            }
+            ResponseKind::Final => {}
+        }
+        let framing = http::response_body(method, &resp);
+        let body = match framing {
+            ResponseBody::None => Ok(0),
+            ResponseBody::Length(n) => copy_exact(upstream, buf, client, n, idle).await.map(|()| n),
+            ResponseBody::Chunked => relay_chunked(upstream, buf, client, limits, idle).await,
+            ResponseBody::UntilClose => relay_until_close(upstream, buf, client).await,
+        };
+        let body = body.map_err(|e| err(e, true))?;
+        return Ok(Relayed {
+            status: resp.status(),
+            bytes: bytes + body,
+            upgraded: false,
+            upstream_reusable: resp.keep_alive() && framing != ResponseBody::UntilClose,
+        });
+    }
+}
+
+/// Relay a chunked response body as received, finding its end with a decoder.
+async fn relay_chunked<R, W>(
+    upstream: &mut R,
+    buf: &mut BytesMut,
+    client: &mut W,
+    limits: &http::Limits,
+    idle: Duration,
+) -> Result<u64, String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = ChunkedDecoder::new(limits);
+    let mut total = 0u64;
+    loop {
+        if buf.is_empty() {
+            fill(upstream, buf, idle).await?;
+        }
+        let consumed = match decoder.decode(buf).map_err(|e| e.to_string())? {
+            Decoded::Data(range) => range.end,
+            Decoded::NeedMore => buf.len(),
+            Decoded::End { consumed } => {
+                client
+                    .write_all(&buf[..consumed])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                buf.advance(consumed);
+                return Ok(total + consumed as u64);
+            }
+        };
+        client
+            .write_all(&buf[..consumed])
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.advance(consumed);
+        total += consumed as u64;
+    }
+}
+
+async fn relay_until_close<R, W>(
+    upstream: &mut R,
+    buf: &mut BytesMut,
+    client: &mut W,
+) -> Result<u64, String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = buf.len() as u64;
+    client.write_all(buf).await.map_err(|e| e.to_string())?;
+    buf.clear();
+    loop {
+        let n = upstream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(total);
+        }
+        client.write_all(buf).await.map_err(|e| e.to_string())?;
+        total += n as u64;
+        buf.clear();
+    }
+}
+
+/// After 101 Switching Protocols: pass what is buffered on, then relay raw bytes both ways.
+async fn tunnel(client: &mut TcpStream, cbuf: &mut BytesMut, up: &mut Upstream) {
+    if !cbuf.is_empty() && up.stream.write_all(cbuf).await.is_err() {
+        return;
+    }
+    if !up.buf.is_empty() && client.write_all(&up.buf).await.is_err() {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(client, &mut up.stream).await {
+        debug!(error = %e, "tunnel ended");
+    }
+}

@@ -1,0 +1,151 @@
+//! Policy hot reload, on file change and on SIGHUP.
+//!
+//! A reload compiles the new file beside the running policy. Only when it is complete is it
+//! made current: first the kernel's protected-destinations map is brought in line, then the
+//! policy pointer is swapped, so requests already being decided finish under the old policy
+//! and every later request sees the new one. A broken file is reported and changes nothing.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+use crate::{policy::Policy, redirect::Redirect};
+
+/// How often the file is checked for changes. Metadata polling (not inotify) also sees the
+/// symlink swaps Kubernetes uses to update mounted ConfigMaps.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The policy in force, shared by every connection.
+pub struct PolicyStore {
+    current: ArcSwap<Policy>,
+    pub reloads: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl PolicyStore {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(policy),
+            reloads: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy in force. Connections keep per-policy facts (which identities a caller
+    /// matches) beside the `Arc` and recompute them when a reload hands out a new one.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    fn replace(&self, policy: Policy) {
+        self.current.store(Arc::new(policy));
+    }
+}
+
+/// What identifies a version of the file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    // `metadata` follows symlinks: a swapped link target shows as a new inode.
+    let md = fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+    })
+}
+
+/// Watch `path` and reload on change or SIGHUP, until the task is dropped.
+pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirect>) {
+    let mut sighup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return error!(error = %e, "cannot handle SIGHUP: reload on file change only"),
+    };
+    let mut seen = fingerprint(&path);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        let trigger = tokio::select! {
+            _ = sighup.recv() => "sighup",
+            _ = tick.tick() => {
+                let now = fingerprint(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file change"
+            }
+        };
+        reload(&path, &store, &redirect, trigger).await;
+    }
+}
+
+async fn reload(path: &Path, store: &PolicyStore, redirect: &Redirect, trigger: &'static str) {
+    let owned = path.to_owned();
+    // Loading resolves host names: keep it off the runtime's workers.
+    let loaded = tokio::task::spawn_blocking(move || Policy::load(&owned)).await;
+    let result = match loaded {
+        Ok(Ok(policy)) => {
+            let destinations: Vec<_> = policy.destinations().map(|(_, d)| *d).collect();
+            match redirect.set_destinations(&destinations) {
+                Ok(()) => {
+                    let services = policy.services.len();
+                    store.replace(policy);
+                    Ok(services)
+                }
+                Err(e) => Err(chain(&e)),
+            }
+        }
+        Ok(Err(e)) => Err(chain(&e)),
+        Err(e) => Err(format!("BUG: policy load panicked: {e}")),
+    };
+    match result {
+        Ok(services) => {
+            store.reloads.fetch_add(1, Relaxed);
+            info!(
+                event = "policy_reloaded",
+                trigger, services, "policy reloaded"
+            );
+        }
+        Err(e) => {
+            store.failures.fetch_add(1, Relaxed);
+            error!(
+                event = "policy_rejected",
+                trigger,
+                error = %e,
+                "policy reload failed; the previous policy stays in force"
+            );
+        }
+    }
+}
+
+/// An error and its sources on one line, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
