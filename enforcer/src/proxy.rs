@@ -204,7 +204,7 @@ fn log_connection(
 }
 
 /// Close with RST instead of FIN, so the peer sees a refusal or abort at once.
-fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

@@ -170,6 +170,14 @@ impl Cgroup {
         cmd
     }
 
+    /// A child cgroup named `name` (e.g. `deploy-bot.service`, which the agent reads as the
+    /// caller's systemd unit). Removed with its parent guard's drop, after its processes.
+    pub fn child(&self, name: &str) -> Cgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Cgroup { path }
+    }
+
     fn pids(&self) -> Vec<i32> {
         fs::read_to_string(self.path.join("cgroup.procs"))
             .unwrap_or_default()
@@ -281,6 +289,11 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The policy file the agent runs on; tests rewrite it to reload.
+    pub fn policy_file(&self) -> &Path {
+        &self.policy_file
     }
 
     /// Every log event so far.
@@ -628,6 +641,11 @@ impl HttpUpstream {
 
     pub fn connections(&self) -> usize {
         self.raw.lock().unwrap().len()
+    }
+
+    /// The bytes each connection delivered so far, in accept order.
+    pub fn raw_connections(&self) -> Vec<Vec<u8>> {
+        self.raw.lock().unwrap().clone()
     }
 }
 

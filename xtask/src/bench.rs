@@ -108,8 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pin(0, args.client_cpu).context("pin to --client-cpu")?;
     // Protecting the echo upstream (same IP as the sink, other port) sends the sink's
     // connects down connect4's longest passing path: the prefix matches, the port does not.
+    // `protocol: tcp`: the echo exchange is not HTTP, so the agent relays it unread.
     let policy = format!(
-        "version: 1\nservices:\n  bench-echo:\n    endpoints: [\"{}\"]\n",
+        "version: 1\nservices:\n  bench-echo:\n    protocol: tcp\n    endpoints: [\"{}\"]\n",
         echo.addr
     );
     let cgroup = Cgroup::new();
@@ -140,8 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         format!("placement: {placement}"),
         format!(
-            "{} rounds of each kind, interleaved; medians; spread = (max - min) / median; \
-             connect rounds {} s, pingpong {} x {} B, stream {} MiB",
+            "{} rounds of each kind, interleaved; medians; round ratios: median (min..max) of \
+             measured/baseline per round; connect rounds {} s, pingpong {} x {} B, stream {} MiB",
             args.rounds, args.connect_secs, args.round_trips, args.message_bytes, args.stream_mib
         ),
     ];
@@ -253,13 +254,20 @@ fn connect_rate(ctx: &Ctx, sink: SocketAddr) -> anyhow::Result<Row> {
         );
     }
     let (detached, attached) = row.medians();
-    row.notes.push(format!(
-        "goal attached/detached >= {CONNECT_RATE_GOAL}: {}",
-        if attached / detached >= CONNECT_RATE_GOAL {
+    let verdict = |ratio: f64| {
+        if ratio >= CONNECT_RATE_GOAL {
             "met"
         } else {
             "NOT met"
         }
+    };
+    let paired = median(&row.round_ratios());
+    row.notes.push(format!(
+        "goal attached/detached >= {CONNECT_RATE_GOAL}: ratio of medians {:.3} {}, median \
+         round ratio {paired:.3} {}",
+        attached / detached,
+        verdict(attached / detached),
+        verdict(paired)
     ));
     let programs = program_time(ctx, sink)?;
     let ns_per_connect: f64 = programs.iter().map(|p| p.runs * p.ns_per_run).sum();
@@ -470,6 +478,15 @@ impl Row {
         }
     }
 
+    /// measured / baseline of each round: a pair ran back to back, so slow drift cancels.
+    fn round_ratios(&self) -> Vec<f64> {
+        self.measured
+            .iter()
+            .zip(&self.baseline)
+            .map(|(m, b)| m / b)
+            .collect()
+    }
+
     /// The values of the round just run.
     fn latest(&self) -> (f64, f64) {
         let last = |v: &[f64]| *v.last().expect("a round ran");
@@ -488,6 +505,7 @@ impl Row {
             "baseline": { "name": self.labels.0, "median": base, "rounds": self.baseline },
             "measured": { "name": self.labels.1, "median": meas, "rounds": self.measured },
             "ratio": meas / base,
+            "round_ratios": self.round_ratios(),
             "added": self.added.then_some(meas - base),
             "notes": self.notes,
             "details": self.details,
@@ -503,12 +521,14 @@ fn print_table(rows: &[Row]) {
             "measured",
             "ratio",
             "added",
-            "spread b/m",
+            "round ratios",
         ]
         .map(String::from),
     ];
     for row in rows {
         let (base, meas) = row.medians();
+        let ratios = row.round_ratios();
+        let (min, max) = min_max(&ratios);
         table.push([
             format!("{} ({})", row.metric, row.unit),
             format!("{} {}", row.labels.0, fmt_value(base)),
@@ -519,15 +539,17 @@ fn print_table(rows: &[Row]) {
             } else {
                 String::new()
             },
-            format!(
-                "{:.0}%/{:.0}%",
-                spread(&row.baseline),
-                spread(&row.measured)
-            ),
+            format!("{:.3} ({min:.3}..{max:.3})", median(&ratios)),
         ]);
     }
     let widths: Vec<usize> = (0..table[0].len())
-        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String; 6]| {
         let padded: Vec<String> = cells
@@ -573,14 +595,12 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Range of the rounds relative to their median, in percent: how far to trust a ratio.
-fn spread(values: &[f64]) -> f64 {
-    let (min, max) = values
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
-        });
-    (max - min) / median(values) * 100.0
+        })
 }
 
 /// Share of all CPU time spent busy over `window`, while this process sleeps: on two CPUs,

@@ -3,8 +3,9 @@
 //! Enforces: the path policy matches is the path the upstream receives. The target is reduced
 //! to one canonical spelling: unreserved characters decoded, other escapes kept with upper-case
 //! hex, empty and dot segments removed. Spellings that upstream servers resolve in different
-//! ways are refused instead of normalised: encoded `/`, `\`, `.` and NUL, a literal `\`, path
-//! parameters (`;`), escapes that are not valid UTF-8, raw non-ASCII bytes.
+//! ways are refused instead of normalised: encoded `/`, `\`, `.` and NUL, double encoding
+//! (`%252e`), a literal `\`, path parameters (`;`), escapes that are not valid UTF-8, raw
+//! non-ASCII bytes.
 
 use thiserror::Error;
 
@@ -52,6 +53,10 @@ pub enum TargetError {
     /// or a string terminator from one parser and not another.
     #[error("forbidden percent-encoded byte %{byte:02X} in path")]
     ForbiddenEscape { byte: u8 },
+    /// `%25` followed by two hex digits, as in `%252e`: one decoding gives `%2e`, two give
+    /// `.`, and which the upstream does is its own business.
+    #[error("double percent-encoding in path")]
+    DoubleEscape,
     /// Includes overlong forms such as `%C0%AE` (an encoded `.`) that lax decoders accept.
     #[error("percent-encoded bytes are not valid UTF-8")]
     InvalidUtf8Escape,
@@ -162,6 +167,7 @@ fn push_segment(segment: &[u8], out: &mut String) -> Result<(), TargetError> {
                 i += 2;
                 match byte {
                     b'/' | b'\\' | b'.' | 0 => return Err(TargetError::ForbiddenEscape { byte }),
+                    b'%' if escape_at(segment, i).is_ok() => return Err(TargetError::DoubleEscape),
                     // `.` is unreserved too, but refused above.
                     b'-' | b'_' | b'~' => out.push(char::from(byte)),
                     _ if byte.is_ascii_alphanumeric() => out.push(char::from(byte)),

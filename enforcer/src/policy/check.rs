@@ -79,7 +79,7 @@ pub(super) fn compile(
     }
     Ok(Policy::new(
         file.to_owned(),
-        services.map,
+        services,
         settings,
         identities.list,
         rules,
@@ -317,15 +317,11 @@ fn identity(d: &mut Diagnostics, key: &Spanned<String>, f: IdentityFile) -> Iden
 
 // === services ===
 
-struct Services {
-    map: BTreeMap<String, Service>,
-}
-
 fn services(
     d: &mut Diagnostics,
     services: Spanned<Option<Entries<ServiceFile>>>,
     resolve: Resolve,
-) -> Services {
+) -> BTreeMap<String, Service> {
     let entries = services.value.map(|e| e.0).unwrap_or_default();
     if entries.is_empty() {
         d.at(
@@ -346,7 +342,7 @@ fn services(
             },
         );
     }
-    Services { map }
+    map
 }
 
 fn destinations(
@@ -402,7 +398,7 @@ fn rules(
     d: &mut Diagnostics,
     files: Vec<RuleFile>,
     identities: &Identities,
-    services: &Services,
+    services: &BTreeMap<String, Service>,
 ) -> Vec<Rule> {
     let mut seen: HashMap<String, Location> = HashMap::new();
     let mut out = Vec::new();
@@ -426,7 +422,12 @@ fn rules(
     out
 }
 
-fn rule(d: &mut Diagnostics, f: RuleFile, identities: &Identities, services: &Services) -> Rule {
+fn rule(
+    d: &mut Diagnostics,
+    f: RuleFile,
+    identities: &Identities,
+    services: &BTreeMap<String, Service>,
+) -> Rule {
     let id = &f.id.value;
     // from
     let from = if f.from.value.is_empty() {
@@ -459,7 +460,7 @@ fn rule(d: &mut Diagnostics, f: RuleFile, identities: &Identities, services: &Se
         Callers::Identities(ids.into())
     };
     // to
-    match services.map.get(&f.to.value) {
+    match services.get(&f.to.value) {
         None => d.at(
             &f.to.referenced,
             format!("rule `{id}`: unknown service `{}`", f.to.value),

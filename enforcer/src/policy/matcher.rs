@@ -135,7 +135,7 @@ struct ServiceIndex {
 
 #[derive(Debug, Clone, Default)]
 struct Node {
-    literals: HashMap<Box<str>, u32, FxBuild>,
+    literals: Literals,
     /// `*` or `{name}`.
     param: Option<u32>,
     /// Rules (indices, ascending) whose pattern ends here.
@@ -147,6 +147,17 @@ struct Node {
     /// The smallest rule index in this subtree.
     min_rule: u32,
 }
+
+/// A node's literal children: a short list is scanned (most nodes have one or two children, and
+/// comparing lengths rejects most at once); a long one is hashed.
+#[derive(Debug, Clone)]
+enum Literals {
+    Few(Vec<(Box<str>, u32)>),
+    Many(HashMap<Box<str>, u32, FxBuild>),
+}
+
+/// Children up to which scanning beats hashing.
+const FEW_LITERALS: usize = 8;
 
 /// What a request asks to upgrade to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,9 +205,8 @@ impl Policy {
         if caller.generation != self.generation {
             return self.refuse(None, Reason::StaleIdentities);
         }
-        let scope = svc.audit_scope(caller);
         let Some(path) = NormalPath::new(path) else {
-            return self.refuse(scope, Reason::PathNotNormal);
+            return self.refuse(svc.audit_scope(caller), Reason::PathNotNormal);
         };
         let mut req = Request {
             rules: &self.rules,
@@ -217,7 +227,7 @@ impl Policy {
                 mode: self.settings.mode.max(rule.mode),
                 reason: Reason::Rule,
             },
-            None => self.refuse(scope, Reason::NoMatchingRule),
+            None => self.refuse(svc.audit_scope(caller), Reason::NoMatchingRule),
         }
     }
 
@@ -543,7 +553,7 @@ impl Builder {
         let mut n = root;
         for seg in pattern.segments() {
             let next = match seg {
-                Segment::Literal(l) => self.nodes[n as usize].literals.get(l).copied(),
+                Segment::Literal(l) => self.nodes[n as usize].literals.get(l),
                 Segment::Param => self.nodes[n as usize].param,
             };
             n = match next {
@@ -552,9 +562,7 @@ impl Builder {
                     let child = self.new_node();
                     let node = &mut self.nodes[n as usize];
                     match seg {
-                        Segment::Literal(l) => {
-                            node.literals.insert(l.clone(), child);
-                        }
+                        Segment::Literal(l) => node.literals.insert(l.clone(), child),
                         Segment::Param => node.param = Some(child),
                     }
                     child
@@ -580,15 +588,12 @@ impl Builder {
             let own = [&node.exact, &node.slash, &node.rest]
                 .into_iter()
                 .filter_map(|l| l.first().copied());
-            let children = node.literals.values().chain(&node.param);
+            let children = node.literals.children().chain(node.param);
             let min = own
-                .chain(children.map(|&c| self.nodes[c as usize].min_rule))
+                .chain(children.map(|c| self.nodes[c as usize].min_rule))
                 .min()
                 .unwrap_or(u32::MAX);
             self.nodes[n].min_rule = min;
-        }
-        for node in &mut self.nodes {
-            node.literals.shrink_to_fit();
         }
         ServiceIndex {
             nodes: self.nodes,
@@ -637,9 +642,7 @@ impl ServiceIndex {
                 &node.exact
             }),
             Some((segment, tail)) => {
-                if !node.literals.is_empty()
-                    && let Some(&child) = node.literals.get(segment)
-                {
+                if let Some(child) = node.literals.get(segment) {
                     self.walk(child, tail, req);
                 }
                 if let Some(child) = node.param
@@ -674,6 +677,46 @@ impl<H: Headers + ?Sized> Request<'_, H> {
     }
 }
 
+// === impl Literals ===
+
+impl Default for Literals {
+    fn default() -> Self {
+        Literals::Few(Vec::new())
+    }
+}
+
+impl Literals {
+    #[inline]
+    fn get(&self, segment: &str) -> Option<u32> {
+        match self {
+            Literals::Few(few) => few.iter().find(|(l, _)| **l == *segment).map(|(_, c)| *c),
+            Literals::Many(map) => map.get(segment).copied(),
+        }
+    }
+
+    fn insert(&mut self, literal: Box<str>, child: u32) {
+        match self {
+            Literals::Few(few) if few.len() < FEW_LITERALS => few.push((literal, child)),
+            Literals::Few(few) => {
+                let mut map: HashMap<_, _, FxBuild> = std::mem::take(few).into_iter().collect();
+                map.insert(literal, child);
+                *self = Literals::Many(map);
+            }
+            Literals::Many(map) => {
+                map.insert(literal, child);
+            }
+        }
+    }
+
+    fn children(&self) -> impl Iterator<Item = u32> + '_ {
+        let (few, many) = match self {
+            Literals::Few(few) => (Some(few.iter().map(|(_, c)| *c)), None),
+            Literals::Many(map) => (None, Some(map.values().copied())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
 // === FxHash ===
 
 /// The Firefox/rustc hash: a few cycles per word. Keys come from the policy, not from
@@ -686,12 +729,14 @@ struct FxHasher(u64);
 const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 impl FxHasher {
+    #[inline]
     fn add(&mut self, word: u64) {
         self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
     }
 }
 
 impl Hasher for FxHasher {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         let (words, tail) = bytes.as_chunks::<8>();
         for w in words {
@@ -704,10 +749,12 @@ impl Hasher for FxHasher {
         }
     }
 
+    #[inline]
     fn write_u8(&mut self, i: u8) {
         self.add(u64::from(i));
     }
 
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
@@ -716,6 +763,7 @@ impl Hasher for FxHasher {
 impl BuildHasher for FxBuild {
     type Hasher = FxHasher;
 
+    #[inline]
     fn build_hasher(&self) -> FxHasher {
         FxHasher(0)
     }

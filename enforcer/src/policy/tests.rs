@@ -356,3 +356,18 @@ fn load_errors_show_the_first_diagnostic_and_count_the_rest() {
         ])
     );
 }
+
+#[test]
+fn the_documented_example_checks() {
+    let doc = include_str!("../../../docs/policy.md");
+    let example = doc
+        .split_once("## Example\n\n```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(yaml, _)| yaml)
+        .expect("docs/policy.md has an example");
+    let p = policy(example);
+    assert_eq!(
+        p.rules().iter().map(Rule::id).collect::<Vec<_>>(),
+        ["billing-reads-invoices", "deploy-bot-releases"]
+    );
+}

@@ -194,11 +194,20 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         if let Some(why) = outcome.failure {
             record.detail = Some(why);
         }
+        if let Next::BadRequestBody = outcome.next {
+            if let Some(up) = upstream.take() {
+                super::reset(up.stream);
+            }
+            record.decision = audit::Verdict::Reject;
+            record.reason = "malformed request body";
+            refuse(&mut client, 400, "bad request", &mut record, started).await;
+            return relay.audit.record(record);
+        }
         relay.audit.record(record);
         match outcome.next {
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
-            Next::Close => return,
+            Next::Close | Next::BadRequestBody => return,
             Next::Tunnel => {
                 let Some(mut up) = upstream.take() else {
                     return;
@@ -376,6 +385,8 @@ enum Next {
     Close,
     /// 101 Switching Protocols: relay bytes both ways from now on.
     Tunnel,
+    /// The request body broke its framing: answer 400, abort the upstream connection.
+    BadRequestBody,
 }
 
 struct Outcome {
@@ -440,6 +451,7 @@ async fn exchange(
                         // The client broke its own framing mid-body: the upstream must not
                         // act on a truncated request, so both connections end.
                         outcome.failure = Some(format!("request body: {e}"));
+                        outcome.next = Next::BadRequestBody;
                         return outcome;
                     }
                 },

@@ -8,8 +8,12 @@
 //! - `probe pingpong ADDR ROUNDS SIZE`: request/response of SIZE bytes over one connection;
 //!   reports latency percentiles in microseconds.
 //! - `probe stream ADDR MIB`: send MIB mebibytes and read the echo; reports MiB/s.
-//! - `probe send ADDR`: send the bytes on stdin, half-close, read until the peer closes (or
-//!   10 s pass); reports what came back (lossy UTF-8) and how the connection ended.
+//! - `probe send ADDR [--hold]`: send the bytes on stdin, half-close (unless `--hold`), read
+//!   until the peer closes (or 10 s pass); reports what came back (lossy UTF-8) and how the
+//!   connection ended.
+//! - `probe get-loop ADDR PATH SECONDS`: sequential `GET PATH` requests on one keep-alive
+//!   connection (reconnecting if the server closes) for SECONDS; reports the count of each
+//!   status and of failed exchanges.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -30,7 +34,8 @@ fn main() {
         "connect-rate" => connect_rate(addr, num(2)),
         "pingpong" => pingpong(addr, num(2), num(3) as usize),
         "stream" => stream(addr, num(2)),
-        "send" => send(addr),
+        "send" => send(addr, args.get(2).is_some_and(|a| a == "--hold")),
+        "get-loop" => get_loop(addr, arg(2), num(3)),
         _ => usage(),
     };
     println!("{out}");
@@ -162,7 +167,7 @@ fn stream(addr: SocketAddr, mib: u64) -> serde_json::Value {
     })
 }
 
-fn send(addr: SocketAddr) -> serde_json::Value {
+fn send(addr: SocketAddr, hold: bool) -> serde_json::Value {
     let mut request = Vec::new();
     io::stdin().read_to_end(&mut request).expect("stdin");
     let mut report = json!({ "pid": std::process::id() });
@@ -172,9 +177,13 @@ fn send(addr: SocketAddr) -> serde_json::Value {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         // The server may close before reading everything (a 400 at the first bad byte):
         // keep what it answered even if the rest of the write fails.
-        let _ = s
-            .write_all(&request)
-            .and_then(|()| s.shutdown(Shutdown::Write));
+        let _ = s.write_all(&request).and_then(|()| {
+            if hold {
+                Ok(())
+            } else {
+                s.shutdown(Shutdown::Write)
+            }
+        });
         let mut response = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -206,4 +215,68 @@ fn send(addr: SocketAddr) -> serde_json::Value {
         Err(e) => report["error"] = json!(format!("{:?}", e.kind())),
     }
     report
+}
+
+fn get_loop(addr: SocketAddr, path: &str, seconds: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    let mut failures = 0u64;
+    let mut errors = Vec::new();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while Instant::now() < deadline {
+        let result = (|| -> io::Result<(u16, bool)> {
+            if conn.is_none() {
+                let s = TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                conn = Some(BufReader::new(s));
+            }
+            let reader = conn.as_mut().expect("connected above");
+            write!(
+                reader.get_mut(),
+                "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n"
+            )?;
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut line = Vec::new();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                head.extend_from_slice(&line);
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            resp.parse(&head)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let status = resp.code.unwrap_or(0);
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let len: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
+            Ok((status, close))
+        })();
+        match result {
+            Ok((status, close)) => {
+                *statuses.entry(status.to_string()).or_default() += 1;
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if errors.len() < 5 {
+                    errors.push(e.to_string());
+                }
+                conn = None;
+            }
+        }
+    }
+    json!({ "statuses": statuses, "failures": failures, "errors": errors })
 }

@@ -54,6 +54,8 @@ fn refuses_paths() {
     use TargetError::*;
     let cases: &[(&[u8], TargetError)] = &[
         (b"/a%2fb", ForbiddenEscape { byte: b'/' }),
+        (b"/a/%252e%252e/b", DoubleEscape),
+        (b"/a%252Fb", DoubleEscape),
         (b"/a%2Fb", ForbiddenEscape { byte: b'/' }),
         (b"/%2e%2e/", ForbiddenEscape { byte: b'.' }),
         (b"/a/%2E", ForbiddenEscape { byte: b'.' }),
