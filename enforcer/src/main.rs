@@ -163,7 +163,11 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         container: args.container,
     };
     let explanation = policy::explain(&policy, &caller.identity(), &args.method, &args.url)?;
-    print!("{explanation}");
+    let text = explanation.to_string();
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }
 

@@ -117,8 +117,16 @@ fn allow_deny_matrix_over_identities_methods_and_paths() {
     const NOBODY: Option<(u32, u32)> = Some((65534, 65534));
     let u = upstream.addr();
 
-    // (who, cgroup, method, path, expected status)
-    let cases: &[(&str, &Cgroup, Option<(u32, u32)>, &str, &str, u16)] = &[
+    // (who, cgroup, run as, method, path, expected status)
+    type Case<'a> = (
+        &'a str,
+        &'a Cgroup,
+        Option<(u32, u32)>,
+        &'a str,
+        &'a str,
+        u16,
+    );
+    let cases: &[Case] = &[
         ("probe", &cgroup, None, "GET", "/v1/invoices", 200),
         ("probe", &cgroup, None, "GET", "/v1/invoices/42", 200),
         ("probe", &cgroup, None, "HEAD", "/v1/invoices/42", 200),

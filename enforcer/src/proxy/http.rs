@@ -31,7 +31,7 @@ use crate::{
         ResponseKind,
     },
     identity::Identity,
-    policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
+    policy::{self, Decision, Headers, IdentitySet, Policy, Verdict},
 };
 
 use super::Relay;
@@ -90,7 +90,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             .into();
         if !matches!(&classified, Some(c) if Arc::ptr_eq(&c.policy, &policy)) {
             let ids = policy.classify(&conn.identity);
-            let names = ids.names().map(Arc::from).collect();
+            let names = ids.shared_names().into();
             classified = Some(Classified {
                 policy: policy.clone(),
                 ids,
@@ -225,15 +225,9 @@ fn describe(decision: &Decision<'_>, record: &mut Record) {
         Verdict::Deny => audit::Verdict::Deny,
         Verdict::AuditDeny => audit::Verdict::WouldDeny,
     };
-    record.rule = decision.rule.map(|r| Arc::from(r.id()));
+    record.rule = decision.rule.map(|r| r.shared_id().clone());
     record.mode = decision.mode.as_str();
-    record.reason = match decision.reason {
-        Reason::Rule => "rule",
-        Reason::NoMatchingRule => "no matching rule",
-        Reason::UnknownService => "unknown service",
-        Reason::PathNotNormal => "path not normal",
-        Reason::StaleIdentities => "stale identities",
-    };
+    record.reason = decision.reason.as_str();
 }
 
 /// Unique per request: a per-process random prefix and a counter.
