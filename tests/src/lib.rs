@@ -593,6 +593,8 @@ impl Received {
 /// - `/close`: a body without length, delimited by closing the connection;
 /// - `/ws`: with `Upgrade: websocket`, 101 then an echo of every byte;
 /// - `/echo`: the request body back;
+/// - `/bye`: 200 with a length, then the upstream closes the connection without saying so
+///   (as an upstream's idle timeout does);
 /// - anything else: 200 with the body `ok METHOD TARGET`.
 ///
 /// `Expect: 100-continue` gets a `100 Continue` before the body is read.
@@ -790,6 +792,9 @@ fn serve_http(
             out.write_all(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
             )?;
+        } else if path == "/bye" {
+            out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye")?;
+            return out.shutdown(Shutdown::Both);
         } else if path == "/close" {
             out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close")?;
             return out.shutdown(Shutdown::Write);

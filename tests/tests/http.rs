@@ -60,7 +60,7 @@ rules:
     from: [curl]
     to: api
     methods: [POST, GET, HEAD]
-    paths: ["/v1/releases/*", "/status/*", "/chunked", "/close", "/echo"]
+    paths: ["/v1/releases/*", "/status/*", "/chunked", "/close", "/echo", "/bye"]
   - id: nobody-public
     from: [nobody]
     to: api
@@ -773,9 +773,25 @@ fn responses_are_framed_correctly_for_every_kind_of_body() {
         .arg(format!("http://{u}/status/204"))
         .arg(format!("http://{u}/status/304"))
         .arg(format!("http://{u}/chunked"))
-        .args(["--next", "-sS", "-I", "-w", "[%{http_code}]\n"])
+        // `--next` starts an operation with fresh options: each gets its own time bound.
+        .args([
+            "--next",
+            "-sS",
+            "--max-time",
+            "20",
+            "-I",
+            "-w",
+            "[%{http_code}]\n",
+        ])
         .arg(format!("http://{u}/status/200"))
-        .args(["--next", "-sS", "-w", "[%{http_code}]\n"])
+        .args([
+            "--next",
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "[%{http_code}]\n",
+        ])
         .arg(format!("http://{u}/close"))
         .output()
         .unwrap();
@@ -790,6 +806,27 @@ fn responses_are_framed_correctly_for_every_kind_of_body() {
         "HEAD response: {stdout}"
     );
     assert!(stdout.ends_with("until close[200]\n"), "{stdout}");
+
+    // An upstream that drops a keep-alive connection after its response: the next request on
+    // the client's connection goes to a new upstream connection, not to a 502.
+    let out = cgroup
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "[%{http_code} %{num_connects}]\n",
+        ])
+        .arg(format!("http://{u}/bye"))
+        .arg(format!("http://{u}/bye"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bye[200 1]\nbye[200 0]\n",
+        "one client connection, both answered"
+    );
 
     // Expect: 100-continue with a chunked body, through curl.
     let body = "x".repeat(100_000);

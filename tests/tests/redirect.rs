@@ -238,6 +238,25 @@ fn the_agents_own_upstream_connects_are_not_redirected() {
 }
 
 #[test]
+fn the_protected_destinations_follow_policy_reloads() {
+    if !privileged() {
+        return;
+    }
+    let first = Server::echo("127.0.0.1:0");
+    let second = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let mut agent = Agent::start(&cgroup, &policy(&[first.addr]));
+    assert_redirected(&probe_echo(&cgroup, None, first.addr, 16), first.addr);
+    assert_direct(&probe_echo(&cgroup, None, second.addr, 16));
+
+    // Protect the second instead of the first.
+    fs::write(agent.policy_file(), policy(&[second.addr])).unwrap();
+    agent.wait_event("policy reloaded", |e| e["event"] == "policy_reloaded");
+    assert_redirected(&probe_echo(&cgroup, None, second.addr, 16), second.addr);
+    assert_direct(&probe_echo(&cgroup, None, first.addr, 16));
+}
+
+#[test]
 fn a_64_mib_transfer_each_way_arrives_intact_with_half_close() {
     if !privileged() {
         return;

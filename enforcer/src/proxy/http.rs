@@ -164,6 +164,11 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             continue;
         }
 
+        // An idle upstream connection may have been closed by the upstream since the last
+        // response: find out before sending, not by a failed exchange.
+        if upstream.as_ref().is_some_and(|up| !up.is_open()) {
+            upstream = None;
+        }
         let up = match &mut upstream {
             Some(up) => up,
             None => match connect(relay, conn.dst).await {
@@ -359,6 +364,18 @@ struct Upstream {
     buf: BytesMut,
 }
 
+impl Upstream {
+    /// Whether the upstream still keeps the connection open: no EOF, error or unrequested
+    /// bytes are waiting on it.
+    fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+}
+
 async fn connect(relay: &Relay, dst: SocketAddr) -> std::io::Result<Upstream> {
     let stream = match timeout(relay.connect_timeout, TcpStream::connect(dst)).await {
         Ok(r) => r?,
@@ -460,8 +477,9 @@ async fn exchange(
             outcome.response_bytes = resp.bytes;
             outcome.next = if resp.upgraded {
                 Next::Tunnel
-            } else if sent.is_none() || !req.keep_alive() {
-                // Answered before the body was all read: the rest of it is unread.
+            } else if sent.is_none() || !req.keep_alive() || resp.until_close {
+                // Answered before the body was all read (the rest of it is unread), or the
+                // body's end is the end of the connection.
                 Next::Close
             } else if resp.upstream_reusable {
                 Next::Continue
@@ -579,6 +597,9 @@ struct Relayed {
     status: u16,
     bytes: u64,
     upgraded: bool,
+    /// The body ran until the upstream closed: the client sees its end only when its own
+    /// connection closes too.
+    until_close: bool,
     upstream_reusable: bool,
 }
 
@@ -631,6 +652,7 @@ where
                     status: resp.status(),
                     bytes,
                     upgraded: true,
+                    until_close: false,
                     upstream_reusable: false,
                 });
             }
@@ -644,11 +666,13 @@ where
             ResponseBody::UntilClose => relay_until_close(upstream, buf, client).await,
         };
         let body = body.map_err(|e| err(e, true))?;
+        let until_close = framing == ResponseBody::UntilClose;
         return Ok(Relayed {
             status: resp.status(),
             bytes: bytes + body,
             upgraded: false,
-            upstream_reusable: resp.keep_alive() && framing != ResponseBody::UntilClose,
+            until_close,
+            upstream_reusable: resp.keep_alive() && !until_close,
         });
     }
 }
