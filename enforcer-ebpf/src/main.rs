@@ -278,17 +278,22 @@ pub fn enf_sockops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
+    // Every connection established in the cgroup comes here; only one to the agent's
+    // listener can have been redirected. Comparing addresses first spares the others a map
+    // lookup: this runs on every connect, protected or not.
+    let Some(cfg) = config() else {
+        return;
+    };
+    if !is_to_listener(ctx, cfg) {
+        return;
+    }
     // SAFETY: socket-bearing context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
     let Some(meta) = (unsafe { CONN_BY_COOKIE.get(&cookie) }).copied() else {
-        // Most established connections were never redirected; only a redirected one whose
-        // record vanished (LRU eviction) is a miss.
-        if let Some(cfg) = config()
-            && is_to_listener(ctx, cfg)
-        {
-            count(Counter::LookupMiss);
-        }
+        // To the listener without a record: evicted, or a direct connect to the agent's port
+        // (which the agent refuses too).
+        count(Counter::LookupMiss);
         return;
     };
     // Every field is read unconditionally, then the values are chosen: loads in the two arms
@@ -330,12 +335,23 @@ fn on_established(ctx: &SockOpsContext) {
 /// Whether the socket's peer is one of the agent's listeners.
 #[inline(always)]
 fn is_to_listener(ctx: &SockOpsContext, cfg: &AgentConfig) -> bool {
+    // SAFETY: in-bounds fields of the kernel-provided context, all read unconditionally (see
+    // the note on merged loads in `on_established`).
+    let (family, remote_ip4, remote_port) = unsafe {
+        let ops = ctx.ops;
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).remote_ip4),
+            read_volatile(&(*ops).remote_port),
+        )
+    };
     // remote_port holds the port in network byte order in its upper 16 bits.
-    let port_be = (ctx.remote_port() >> 16) as u16;
-    if ctx.family() == AF_INET as u32 {
-        ctx.remote_ip4() == cfg.listen_ip4_be && port_be == cfg.listen_port4_be
+    let port_be = (remote_port >> 16) as u16;
+    if family == AF_INET as u32 {
+        remote_ip4 == cfg.listen_ip4_be && port_be == cfg.listen_port4_be
     } else {
-        port_be == cfg.listen_port4_be || port_be == cfg.listen_port6_be
+        // IPv6 sockets reach the IPv6 listener, or the IPv4 one in mapped form.
+        port_be == cfg.listen_port6_be || port_be == cfg.listen_port4_be
     }
 }
 

@@ -487,23 +487,62 @@ impl Drop for Server {
 
 // === Clients ===
 
-/// Run the probe client (`src/bin/probe.rs`) with `args` via `cmd`, return its JSON report.
+/// Run the probe client (`src/bin/probe.rs`) via `cmd`, return its JSON report. A probe that
+/// has not finished within [`PATIENCE`] is killed and the test fails.
 pub fn run_probe(mut cmd: Command) -> Value {
-    let out = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .expect("run probe");
-    assert!(
-        out.status.success(),
-        "probe failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    // Drain the pipes while waiting, so a large report cannot block the probe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait probe") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("probe did not finish within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (
+        stdout.join().expect("stdout"),
+        stderr.join().expect("stderr"),
+    );
+    assert!(
+        status.success(),
+        "probe failed ({status}): {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| {
         panic!(
             "probe output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     })
 }

@@ -48,6 +48,10 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => test(),
         Task::Bench(args) => {
+            // Before set-up, whose installs would fail with a less clear message.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("cargo xtask bench loads BPF programs and makes cgroups: run it as root");
+            }
             setup::run()?;
             bench::run(args)
         }
