@@ -758,6 +758,34 @@ fn a_slow_head_times_out_with_408() {
 }
 
 #[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let settings = "  limits:\n    idleTimeout: 1s\n";
+    let _agent = Agent::start(&cgroup, &policy(upstream.addr(), settings));
+    let mut child = cgroup
+        .command(probe_binary())
+        .args(["send", &upstream.addr().to_string(), "--hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One complete request, then silence on an open connection: the probe would wait 10 s,
+    // the agent closes after 1 s.
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &get("/v1/invoices")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(statuses(response(&report)), vec![200], "{report}");
+    assert_eq!(
+        report["end"], "closed",
+        "closed by the agent, not timed out: {report}"
+    );
+}
+
+#[test]
 fn responses_are_framed_correctly_for_every_kind_of_body() {
     if !privileged() {
         return;
