@@ -189,16 +189,7 @@ impl Resolver {
         if let Some(d) = lock(&self.digests).get(&key) {
             return Ok(d.clone());
         }
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let digest: Arc<str> = hex(&hasher.finalize()).into();
+        let digest: Arc<str> = sha256_hex(&mut file)?.into();
         insert_bounded(&self.digests, key, digest.clone());
         Ok(digest)
     }
@@ -225,6 +216,20 @@ impl Resolver {
         insert_bounded(&self.cgroups, meta.cgroup_id, cgroup.clone());
         Some(cgroup)
     }
+}
+
+/// Lower-case hex SHA-256 of everything `reader` yields, as `sha256sum` prints it.
+pub fn sha256_hex(reader: &mut impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -461,7 +461,10 @@ impl Server {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let peer = conn.peer_addr().unwrap();
+                // A connection reset before we got here has no peer any more; it still counts.
+                let peer = conn
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 peers2.lock().unwrap().push(peer);
                 let handler = handler.clone();
                 thread::spawn(move || {
@@ -875,9 +878,24 @@ fn serve_http(
 /// Send raw `bytes` from a probe running inside `cgroup` to `to`; returns the probe's report
 /// (`response`: what came back, `end`: closed | reset | timeout).
 pub fn send_raw(cgroup: &Cgroup, to: SocketAddr, bytes: &[u8]) -> Value {
-    let mut child = cgroup
-        .command(probe_binary())
-        .args(["send", &to.to_string()])
+    send_raw_with(cgroup, None, to, bytes, false)
+}
+
+/// [`send_raw`] as `(uid, gid)` if given, and with `hold` keeping the connection open for
+/// writing after `bytes` (a client that goes quiet), instead of half-closing it.
+pub fn send_raw_with(
+    cgroup: &Cgroup,
+    user: Option<(u32, u32)>,
+    to: SocketAddr,
+    bytes: &[u8],
+    hold: bool,
+) -> Value {
+    let mut cmd = cgroup.command_as(probe_binary(), user);
+    cmd.args(["send", &to.to_string()]);
+    if hold {
+        cmd.arg("--hold");
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

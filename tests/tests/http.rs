@@ -12,7 +12,7 @@ use std::{
 
 use enforcer_tests::{
     Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, run_probe, send_raw,
-    wait_for,
+    send_raw_with, wait_for,
 };
 use serde_json::Value;
 
@@ -94,15 +94,7 @@ fn response(report: &Value) -> &str {
 
 /// Send `bytes` from a probe (as root, or as `user`) in `cgroup`; return what came back.
 fn send_as(cgroup: &Cgroup, user: Option<(u32, u32)>, to: SocketAddr, bytes: &[u8]) -> String {
-    let mut cmd = cgroup.command_as(probe_binary(), user);
-    cmd.args(["send", &to.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    response(&v).to_string()
+    response(&send_raw_with(cgroup, user, to, bytes, false)).to_string()
 }
 
 #[test]
@@ -737,21 +729,9 @@ fn a_slow_head_times_out_with_408() {
     let cgroup = Cgroup::new();
     let settings = "  limits:\n    headTimeout: 1s\n";
     let _agent = Agent::start(&cgroup, &policy(upstream.addr(), settings));
-    let mut child = cgroup
-        .command(probe_binary())
-        .args(["send", &upstream.addr().to_string(), "--hold"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Half a head, then nothing (the probe keeps the connection open).
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        b"GET /v1/invoices HTTP/1.1\r\nhost: api\r\n",
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let half = b"GET /v1/invoices HTTP/1.1\r\nhost: api\r\n";
+    let report = send_raw_with(&cgroup, None, upstream.addr(), half, true);
     assert_eq!(statuses(response(&report)), vec![408], "{report}");
     assert_eq!(report["end"], "closed");
     assert_eq!(upstream.connections(), 0);
@@ -766,18 +746,9 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let cgroup = Cgroup::new();
     let settings = "  limits:\n    idleTimeout: 1s\n";
     let _agent = Agent::start(&cgroup, &policy(upstream.addr(), settings));
-    let mut child = cgroup
-        .command(probe_binary())
-        .args(["send", &upstream.addr().to_string(), "--hold"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // One complete request, then silence on an open connection: the probe would wait 10 s,
     // the agent closes after 1 s.
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &get("/v1/invoices")).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = send_raw_with(&cgroup, None, upstream.addr(), &get("/v1/invoices"), true);
     assert_eq!(statuses(response(&report)), vec![200], "{report}");
     assert_eq!(
         report["end"], "closed",

@@ -1,14 +1,11 @@
 //! `enforcer explain`: what the policy decides for a hypothetical request, and why.
 
 use std::{
-    fmt, fs,
-    io::{self, Read as _},
+    fmt, fs, io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
 };
-
-use sha2::{Digest as _, Sha256};
 
 use super::{
     Mode, Policy, Reason, Verdict,
@@ -16,7 +13,7 @@ use super::{
     check::{Resolve, system_resolve},
     matcher::Callers,
 };
-use crate::identity::{Cgroup, Identity, Process};
+use crate::identity::{Cgroup, Identity, Process, sha256_hex};
 
 /// What `explain` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,7 +418,10 @@ impl Caller {
         let process = self.exe.as_ref().map(|exe| {
             Arc::new(Process {
                 exe: exe.clone(),
-                sha256: digest(exe).unwrap_or_default().into(),
+                sha256: fs::File::open(exe)
+                    .and_then(|mut f| sha256_hex(&mut f))
+                    .unwrap_or_default()
+                    .into(),
             })
         });
         let cgroup = if self.unit.is_some() || self.cgroup.is_some() || self.container.is_some() {
@@ -494,23 +494,4 @@ impl Caller {
             (None, None) => (primary.unwrap_or_else(|| Gid::current().as_raw()), None),
         }
     }
-}
-
-/// Lower-case hex SHA-256 of a file, as the agent computes it for a running executable.
-fn digest(path: &Path) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
