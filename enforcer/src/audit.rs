@@ -67,7 +67,7 @@ pub struct Record {
     /// Policy identities the caller matched.
     pub identities: Arc<[Arc<str>]>,
     pub service: Arc<str>,
-    pub destination: String,
+    pub destination: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Normalised path, without the query (which may carry secrets).

@@ -45,12 +45,14 @@ pub(super) struct Conn {
     pub identity: Arc<Identity>,
 }
 
-/// Which policy identities the caller matches, for one policy.
+/// What one policy says about this connection, worked out once per policy: the identities
+/// the caller matches and the service its destination belongs to.
 struct Classified {
     policy: Arc<Policy>,
     ids: IdentitySet,
-    /// Their names, shared by every record of the connection.
+    /// The identities' names, shared by every record of the connection.
     names: Arc<[Arc<str>]>,
+    service: Arc<str>,
 }
 
 impl Headers for [http::Header] {
@@ -66,7 +68,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
     let mut upstream: Option<Upstream> = None;
     // Which policy identities the caller matches, per policy: classified once per policy.
     let mut classified: Option<Classified> = None;
-    let dst = conn.dst.to_string();
+    let dst: Arc<str> = conn.dst.to_string().into();
+    // Reused for every request head sent upstream.
+    let mut out_head = BytesMut::with_capacity(1024);
     loop {
         let policy = relay.store.current();
         let limits = policy.settings.limits;
@@ -84,20 +88,25 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         )
         .await;
         let started = Instant::now();
-        let service: Arc<str> = policy
-            .service_for(conn.dst.ip(), conn.dst.port())
-            .unwrap_or("unknown")
-            .into();
         if !matches!(&classified, Some(c) if Arc::ptr_eq(&c.policy, &policy)) {
             let ids = policy.classify(&conn.identity);
-            let names = ids.shared_names().into();
             classified = Some(Classified {
-                policy: policy.clone(),
+                names: ids.shared_names().into(),
                 ids,
-                names,
+                service: policy
+                    .service_for(conn.dst.ip(), conn.dst.port())
+                    .unwrap_or("unknown")
+                    .into(),
+                policy: policy.clone(),
             });
         }
-        let Some(Classified { ids, names, .. }) = &classified else {
+        let Some(Classified {
+            ids,
+            names,
+            service,
+            ..
+        }) = &classified
+        else {
             unreachable!("classified just above")
         };
         let mut record = Record {
@@ -110,7 +119,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             detail: None,
             caller: caller.clone(),
             identities: names.clone(),
-            service,
+            service: service.clone(),
             destination: dst.clone(),
             method: None,
             path: None,
@@ -187,6 +196,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &mut cbuf,
             up,
             &req,
+            &mut out_head,
             &http_limits,
             &limits,
             started,
@@ -409,12 +419,17 @@ struct Outcome {
     next: Next,
 }
 
-/// Forward one allowed request and relay its response.
+/// Forward one allowed request and relay its response. `head` is scratch space.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the buffers are the connection's"
+)]
 async fn exchange(
     client: &mut TcpStream,
     cbuf: &mut BytesMut,
     up: &mut Upstream,
     req: &Request,
+    head: &mut BytesMut,
     http_limits: &http::Limits,
     limits: &policy::Limits,
     started: Instant,
@@ -427,9 +442,9 @@ async fn exchange(
         failure: None,
         next: Next::Close,
     };
-    let mut head = BytesMut::with_capacity(512);
-    http::write_request_head(req, &mut head);
-    if let Err(e) = up.stream.write_all(&head).await {
+    head.clear();
+    http::write_request_head(req, head);
+    if let Err(e) = up.stream.write_all(head).await {
         outcome.failure = Some(format!("upstream write: {e}"));
         let _ = write_bad_gateway(client).await;
         outcome.status = Some(502);
