@@ -80,6 +80,19 @@ pub struct Record {
     pub response_bytes: u64,
     /// Time the agent added before the request left for the upstream (or was answered), µs.
     pub added_latency_us: u64,
+    /// The credential that satisfied the allowing rule, if it required one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialUse>,
+}
+
+/// A credential as a record may name it: never the token or key, only its keyed fingerprint.
+#[derive(Debug, Serialize)]
+pub struct CredentialUse {
+    pub name: Arc<str>,
+    /// The JWT's `sub`, or the API key's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Arc<str>>,
+    pub fingerprint: String,
 }
 
 /// The attested caller, as recorded.

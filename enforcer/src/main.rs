@@ -3,6 +3,7 @@
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::unix::fs::DirBuilderExt as _,
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use enforcer::{
     audit::Audit,
+    credentials::Fingerprinter,
     identity::Resolver,
     policy::{self, Policy},
     proxy,
@@ -104,6 +106,10 @@ struct RunArgs {
     /// Seconds to wait for an original destination to accept before resetting the client.
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
+    /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
+    /// tokens in records (so a token's fingerprint is stable across restarts).
+    #[arg(long, default_value = "/var/lib/enforcer")]
+    state_dir: PathBuf,
 }
 
 fn main() {
@@ -208,6 +214,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let audit = Audit::start(&policy.settings.audit)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.state_dir)
+        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+    let fingerprints = Fingerprinter::load_or_create(&args.state_dir.join("fingerprint.key"))?;
     let services = policy.services.len();
     let store = Arc::new(PolicyStore::new(policy));
     let relay_store = store.clone();
@@ -215,6 +227,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let relay = Arc::new(Relay {
         store: relay_store,
         audit,
+        fingerprints,
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),

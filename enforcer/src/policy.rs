@@ -6,12 +6,15 @@
 //!   parser stops at the first syntax or type error; every semantic error is then collected,
 //!   each as a [`Diagnostic`] with file, line and column. Host names are resolved once, here.
 //! - [`Policy::classify`] matches a caller against every named identity, once per connection.
-//! - [`Policy::decide`] decides one request, without allocating (see `matcher.rs`).
+//! - [`Policy::decide`] decides one request, without allocating (see `matcher.rs`);
+//!   [`Policy::decide_with`] also returns what a rule's required credential established
+//!   (`crate::credentials`), or why it failed.
 //! - [`explain`] says why a hypothetical request would be decided the way it is.
 
 mod bench;
 mod caller;
 mod check;
+mod credential;
 mod diagnostic;
 mod endpoint;
 mod explain;
@@ -25,11 +28,16 @@ use std::{
     fs,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use serde::Deserialize;
+
+use crate::credentials::Credentials;
 
 #[doc(hidden)]
 pub use self::bench::{Synthetic, synthetic};
@@ -88,6 +96,8 @@ pub struct Policy {
     classifier: Classifier,
     rules: Vec<Rule>,
     index: Index,
+    /// The credentials rules require, with their verifiers (shared by clones).
+    credentials: Arc<Credentials>,
     /// Tells this policy's identity sets from another's (see [`Reason::StaleIdentities`]).
     generation: u64,
 }
@@ -191,9 +201,11 @@ impl Policy {
         settings: Settings,
         identities: Vec<IdentityMatcher>,
         rules: Vec<Rule>,
+        credentials: Credentials,
     ) -> Self {
         let index = Index::new(services.keys().map(String::as_str), &rules);
         Self {
+            credentials: Arc::new(credentials),
             classifier: Classifier::new(&identities),
             services,
             settings,
@@ -226,6 +238,12 @@ impl Policy {
     pub fn classify(&self, identity: &crate::identity::Identity) -> IdentitySet {
         let ids = self.classifier.classify(&self.identities, identity);
         IdentitySet::new(self.generation, ids, &self.identities)
+    }
+
+    /// The policy's credentials: to refresh their JWKS files
+    /// ([`Credentials::refresh_if_changed`]) and report unavailable keys.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The rules, in file order.

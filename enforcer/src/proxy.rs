@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     audit::Audit,
+    credentials::Fingerprinter,
     identity::{Identity, Resolver, Unresolved},
     policy::Protocol,
     redirect::{self, Redirect},
@@ -52,6 +53,8 @@ pub struct Stats {
 pub struct Relay {
     pub store: Arc<PolicyStore>,
     pub audit: Audit,
+    /// Keyed fingerprints of presented tokens and keys, for records.
+    pub fingerprints: Fingerprinter,
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
     pub connect_timeout: Duration,

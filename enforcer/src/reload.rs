@@ -18,7 +18,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use crate::credentials::Refresh;
 
 use crate::{policy::Policy, redirect::Redirect};
 
@@ -87,6 +89,7 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
         let trigger = tokio::select! {
             _ = sighup.recv() => "sighup",
             _ = tick.tick() => {
+                refresh_keys(&store);
                 let now = fingerprint(&path);
                 if now == seen {
                     continue;
@@ -96,6 +99,36 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
             }
         };
         reload(&path, &store, &redirect, trigger).await;
+    }
+}
+
+/// Re-read the JWKS files of the policy in force that changed (one `stat` each otherwise).
+fn refresh_keys(store: &PolicyStore) {
+    for r in store.current().credentials().refresh_if_changed() {
+        let file = r.path.display();
+        match r.outcome {
+            Refresh::Unchanged => {}
+            Refresh::Loaded { keys, skipped } => {
+                info!(event = "keys_loaded", credential = %r.credential, %file, keys, "keys loaded");
+                for s in skipped.iter() {
+                    warn!(
+                        credential = %r.credential,
+                        %file,
+                        index = s.index,
+                        kid = ?s.kid,
+                        why = %s.why,
+                        "key not used"
+                    );
+                }
+            }
+            Refresh::Failed(e) => error!(
+                event = "keys_rejected",
+                credential = %r.credential,
+                %file,
+                error = %chain(&e),
+                "keys file refused; the previous keys stay in force"
+            ),
+        }
     }
 }
 

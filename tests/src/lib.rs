@@ -229,6 +229,7 @@ pub struct Agent {
     child: Option<Child>,
     events: Arc<(Mutex<Vec<Value>>, Condvar)>,
     policy_file: PathBuf,
+    state_dir: PathBuf,
     pub listen: SocketAddr,
     pub listen6: Option<SocketAddr>,
 }
@@ -248,6 +249,7 @@ impl Agent {
     pub fn spawn(binary: &Path, cgroup: &Cgroup, policy: &str, extra_args: &[&str]) -> Self {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
+        let state_dir = cgroup_scoped_temp(cgroup, "state");
         let mut child = cgroup
             .command(binary)
             .args(["--log-format", "json", "run", "--policy"])
@@ -255,6 +257,8 @@ impl Agent {
             .arg("--cgroup")
             .arg(cgroup.path())
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(extra_args)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -278,6 +282,7 @@ impl Agent {
             child: Some(child),
             events,
             policy_file,
+            state_dir,
             listen: "0.0.0.0:0".parse().unwrap(),
             listen6: None,
         };
@@ -377,6 +382,7 @@ impl Drop for Agent {
             wait_child(&mut child);
         }
         let _ = fs::remove_file(&self.policy_file);
+        let _ = fs::remove_dir_all(&self.state_dir);
     }
 }
 

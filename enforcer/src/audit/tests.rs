@@ -35,6 +35,7 @@ fn record(n: u64) -> Record {
         request_bytes: 0,
         response_bytes: 0,
         added_latency_us: 12,
+        credential: None,
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     AuditSink, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol, Service, Settings,
     VERSION,
     caller::{self, IdentityMatcher},
+    credential::{self, Builders},
     diagnostic::Diagnostics,
     endpoint::Endpoint,
     file::{
@@ -67,12 +68,14 @@ pub(super) fn compile(
 
     let settings = settings(&mut d, parsed.settings.unwrap_or_default());
     let identities = identities(&mut d, parsed.identities);
+    let mut credentials = credential::credentials(&mut d, parsed.credentials, &identities.by_name);
     let services = services(&mut d, parsed.services, resolve);
     let rules = rules(
         &mut d,
         parsed.rules.unwrap_or_default(),
         &identities,
         &services,
+        &mut credentials,
     );
     if !d.is_empty() {
         return Err(d.into_sorted());
@@ -83,6 +86,7 @@ pub(super) fn compile(
         settings,
         identities.list,
         rules,
+        credentials.build(),
     ))
 }
 
@@ -97,7 +101,7 @@ fn unsupported_version(d: &mut Diagnostics, v: &Spanned<u32>) {
 }
 
 /// Check an identity name, service name or rule id (`what`).
-fn name(d: &mut Diagnostics, what: &str, n: &Spanned<String>) {
+pub(super) fn name(d: &mut Diagnostics, what: &str, n: &Spanned<String>) {
     let s = &n.value;
     let valid = !s.is_empty()
         && s.len() <= MAX_NAME
@@ -187,7 +191,7 @@ fn timeout(
 }
 
 /// `500ms`, `10s`, `2m`, `1h`: a positive whole number and a unit.
-fn duration(s: &str) -> Result<Duration, &'static str> {
+pub(super) fn duration(s: &str) -> Result<Duration, &'static str> {
     const WHY: &str = "expected a positive whole number and a unit: `500ms`, `10s`, `2m`, `1h`";
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(WHY)?;
     let (n, unit) = s.split_at(split);
@@ -399,6 +403,7 @@ fn rules(
     files: Vec<RuleFile>,
     identities: &Identities,
     services: &BTreeMap<String, Service>,
+    credentials: &mut Builders,
 ) -> Vec<Rule> {
     let mut seen: HashMap<String, Location> = HashMap::new();
     let mut out = Vec::new();
@@ -417,7 +422,7 @@ fn rules(
         } else {
             seen.insert(f.id.value.clone(), f.id.referenced);
         }
-        out.push(rule(d, f, identities, services));
+        out.push(rule(d, f, identities, services, credentials));
     }
     out
 }
@@ -427,6 +432,7 @@ fn rule(
     f: RuleFile,
     identities: &Identities,
     services: &BTreeMap<String, Service>,
+    credentials: &mut Builders,
 ) -> Rule {
     let id = &f.id.value;
     // from
@@ -562,6 +568,8 @@ fn rule(
             format!("rule `{id}`: a WebSocket upgrade is a GET request: add GET to `methods`"),
         );
     }
+    // require
+    let require = f.require.and_then(|r| credentials.requirement(d, id, r));
     Rule {
         id: Arc::from(id.as_str()),
         from,
@@ -572,13 +580,14 @@ fn rule(
         query: query.into(),
         websocket,
         mode: f.mode.unwrap_or(Mode::Enforce),
+        require,
         line: f.id.referenced.line(),
         column: f.id.referenced.column(),
     }
 }
 
 /// An RFC 9110 token (header names are tokens).
-fn is_token(s: &str) -> bool {
+pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))

@@ -79,9 +79,30 @@ impl<'a> Diagnostics<'a> {
         self.list.is_empty()
     }
 
-    /// Everything found, in file order.
+    pub(super) fn push(&mut self, diagnostic: Diagnostic) {
+        self.list.push(diagnostic);
+    }
+
+    /// The file being checked.
+    pub(super) fn file(&self) -> &Path {
+        self.file
+    }
+
+    /// Take the diagnostics found in another file the policy names (an API keys file).
+    pub(super) fn absorb(&mut self, other: Diagnostics<'_>) {
+        self.list.extend(other.list);
+    }
+
+    /// Everything found, in file order: the policy file's first, then those of the files it
+    /// names, each in the order they were found.
     pub(super) fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.list.sort_by_key(|d| (d.line, d.column));
+        let main = self.file;
+        self.list.sort_by_key(|d| {
+            (
+                d.file != main,
+                (d.file == main).then_some((d.line, d.column)),
+            )
+        });
         self.list
     }
 }

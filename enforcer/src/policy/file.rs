@@ -21,6 +21,9 @@ pub(super) struct File {
     /// `None` when absent or empty (every entry commented out).
     #[serde(default)]
     pub identities: Option<Entries<IdentityFile>>,
+    /// `None` when absent or empty.
+    #[serde(default)]
+    pub credentials: Option<Entries<CredentialFile>>,
     pub services: Spanned<Option<Entries<ServiceFile>>>,
     #[serde(default)]
     pub rules: Option<Vec<RuleFile>>,
@@ -95,6 +98,80 @@ pub(super) struct RuleFile {
     pub websocket: Option<Spanned<bool>>,
     #[serde(default)]
     pub mode: Option<Mode>,
+    #[serde(default)]
+    pub require: Option<Spanned<RequireFile>>,
+}
+
+/// A credential: one struct for both kinds, so that a field given for the wrong kind is
+/// reported by name and place (`check.rs`) rather than as an unknown field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct CredentialFile {
+    pub kind: Spanned<CredentialKindFile>,
+    // jwt
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub max_lifetime: Option<Spanned<String>>,
+    pub max_token_bytes: Option<Spanned<u64>>,
+    pub bound_subjects: Option<Entries<Spanned<String>>>,
+    // apiKey
+    pub header: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub keys: Option<Spanned<Vec<ApiKeyFile>>>,
+    pub keys_file: Option<Spanned<String>>,
+    // both
+    pub bound_to: Option<Spanned<String>>,
+    pub bind_on_first_use: Option<Spanned<crate::credentials::BindOnFirstUse>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub(super) enum CredentialKindFile {
+    Jwt,
+    ApiKey,
+}
+
+/// One API key: its digest, never the key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ApiKeyFile {
+    pub name: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub not_before: Option<Spanned<String>>,
+    pub not_after: Option<Spanned<String>>,
+    pub bound_to: Option<Spanned<String>>,
+}
+
+/// A `keysFile`: API keys kept apart from the policy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysFile {
+    pub keys: Vec<ApiKeyFile>,
+}
+
+/// A rule's `require`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RequireFile {
+    pub credential: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub claims: Option<Entries<Spanned<ClaimValueFile>>>,
+}
+
+/// A claim value a rule requires: a string, a number or a boolean.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum ClaimValueFile {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    String(String),
 }
 
 /// A mapping in file order, keys with their locations. Duplicate keys are refused by the

@@ -20,6 +20,7 @@ use super::{
     IdentitySet, Mode, Policy,
     pattern::{End, Method, Methods, NormalPath, PathPattern, Segment, next_segment, wildcard_ok},
 };
+use crate::credentials::{CredentialCheck, Credentials, Rejection, Requirement};
 
 /// One rule, compiled.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct Rule {
     pub(super) query: Box<[(Box<str>, Box<str>)]>,
     pub(super) websocket: bool,
     pub(super) mode: Mode,
+    /// A credential the request must present (`require`).
+    pub(super) require: Option<Requirement>,
     /// Where the rule's `id` is, for `explain`.
     pub(super) line: u64,
     pub(super) column: u64,
@@ -74,6 +77,10 @@ pub enum Reason {
     /// The identity set was classified by another policy (one replaced since): a bug in the
     /// caller, so nothing is allowed.
     StaleIdentities,
+    /// No rule allows the request, and a rule that would have required a credential the
+    /// request did not satisfy: the answer is the rejection's (401, 403 or 503), and the
+    /// details are in the [`CredentialCheck`].
+    Credential(Rejection),
 }
 
 /// A decision, with the evidence for it.
@@ -169,8 +176,11 @@ enum Upgrade {
 }
 
 /// One request being decided.
-struct Request<'r, H: ?Sized> {
+struct Request<'r, 'c, H: ?Sized> {
     rules: &'r [Rule],
+    credentials: &'r Credentials,
+    caller: &'r IdentitySet,
+    check: &'r mut CredentialCheck<'c>,
     method: Method<'r>,
     trailing_slash: bool,
     upgrade: Upgrade,
@@ -190,6 +200,9 @@ impl Policy {
     /// The first rule in file order that matches allows the request. Otherwise, the request is
     /// forwarded and recorded (`AuditDeny`) if a rule in `mode: audit` covers this caller and
     /// service, or the policy is in `settings.mode: audit`; else it is denied.
+    ///
+    /// Rules that `require` a credential are checked as [`Policy::decide_with`] does, as of the
+    /// system clock; what the credential established is not returned.
     pub fn decide<'p, H: Headers + ?Sized>(
         &'p self,
         caller: &IdentitySet,
@@ -199,6 +212,37 @@ impl Policy {
         headers: &H,
         query: Option<&str>,
     ) -> Decision<'p> {
+        let mut check = CredentialCheck::without_grant();
+        self.decide_with(caller, service, method, path, headers, query, &mut check)
+    }
+
+    /// [`Policy::decide`], checking credentials with `check` (one per request: it is reset
+    /// here). A rule with `require` matches only if the request also presents its credential,
+    /// verified, with the scopes and claims the rule asks for, by a caller it is bound to.
+    ///
+    /// - Allowed by such a rule: `check.grant()` says what the credential established.
+    /// - Not allowed, and a rule that otherwise matched had a requirement fail: the reason is
+    ///   [`Reason::Credential`], and `check.failure()` has the details. When several did, the
+    ///   most significant failure decides: keys unavailable (503) over a valid credential that
+    ///   lacks a scope, a claim or a binding (403), over an invalid one (401), over none (401);
+    ///   among equals, the earliest rule's.
+    /// - A rule without `require` that matches allows as before, whatever other rules' requirements
+    ///   made of the request.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "decide's arguments, plus the credential state"
+    )]
+    pub fn decide_with<'p, H: Headers + ?Sized>(
+        &'p self,
+        caller: &IdentitySet,
+        service: &str,
+        method: &str,
+        path: &str,
+        headers: &H,
+        query: Option<&str>,
+        check: &mut CredentialCheck<'_>,
+    ) -> Decision<'p> {
+        check.reset();
         let Some(svc) = self.index.service(service) else {
             return self.refuse(None, Reason::UnknownService);
         };
@@ -210,6 +254,9 @@ impl Policy {
         };
         let mut req = Request {
             rules: &self.rules,
+            credentials: &self.credentials,
+            caller,
+            check,
             method: Method::new(method),
             trailing_slash: path.trailing_slash,
             upgrade: upgrade(headers),
@@ -221,13 +268,25 @@ impl Policy {
             svc.walk(root, path.body, &mut req);
         }
         match self.rules.get(req.best as usize) {
-            Some(rule) => Decision {
-                verdict: Verdict::Allow,
-                rule: Some(rule),
-                mode: self.settings.mode.max(rule.mode),
-                reason: Reason::Rule,
-            },
-            None => self.refuse(svc.audit_scope(caller), Reason::NoMatchingRule),
+            Some(rule) => {
+                req.check.clear_failure();
+                if let Some(require) = &rule.require {
+                    req.check
+                        .grant_for(&self.credentials, require, headers, query);
+                }
+                Decision {
+                    verdict: Verdict::Allow,
+                    rule: Some(rule),
+                    mode: self.settings.mode.max(rule.mode),
+                    reason: Reason::Rule,
+                }
+            }
+            None => {
+                let reason = req.check.failure().map_or(Reason::NoMatchingRule, |f| {
+                    Reason::Credential(f.rejection())
+                });
+                self.refuse(svc.audit_scope(caller), reason)
+            }
         }
     }
 
@@ -278,8 +337,13 @@ impl Rule {
         (self.line, self.column)
     }
 
-    /// Whether the rule matches a request, the caller and service aside.
-    fn matches<H: Headers + ?Sized>(&self, req: &Request<'_, H>) -> bool {
+    /// The credential the rule requires, if any.
+    pub fn requirement(&self) -> Option<&Requirement> {
+        self.require.as_ref()
+    }
+
+    /// Whether the rule matches a request, the caller, service and credential aside.
+    fn matches<H: Headers + ?Sized>(&self, req: &Request<'_, '_, H>) -> bool {
         self.methods.contains(req.method)
             && match req.upgrade {
                 Upgrade::None => true,
@@ -320,6 +384,12 @@ impl Rule {
             if !query_is(query, k, v) {
                 return Some(format!("needs query parameter `{k}={v}`, once"));
             }
+        }
+        if let Some(require) = &self.require {
+            return Some(format!(
+                "needs credential `{}`, which explain cannot present",
+                require.credential()
+            ));
         }
         None
     }
@@ -454,6 +524,7 @@ impl Reason {
             Reason::UnknownService => "unknown service",
             Reason::PathNotNormal => "path not normalised",
             Reason::StaleIdentities => "BUG: identities classified by another policy",
+            Reason::Credential(r) => r.as_str(),
         }
     }
 }
@@ -627,7 +698,7 @@ impl ServiceIndex {
             .min()
     }
 
-    fn walk<H: Headers + ?Sized>(&self, n: u32, rest: &str, req: &mut Request<'_, H>) {
+    fn walk<H: Headers + ?Sized>(&self, n: u32, rest: &str, req: &mut Request<'_, '_, H>) {
         let node = &self.nodes[n as usize];
         if node.min_rule >= req.best {
             return;
@@ -662,16 +733,36 @@ fn lookup(pairs: &[(u32, u32)], key: u32) -> Option<u32> {
         .map(|i| pairs[i].1)
 }
 
-impl<H: Headers + ?Sized> Request<'_, H> {
-    /// Take the first rule of `candidates` (ascending) that matches, if it beats the best.
+impl<H: Headers + ?Sized> Request<'_, '_, H> {
+    /// Take the first rule of `candidates` (ascending) that matches, if it beats the best. A
+    /// rule whose credential requirement fails does not match; the failure is noted.
     fn consider(&mut self, candidates: &[u32]) {
         for &r in candidates {
             if r >= self.best {
                 return;
             }
-            if self.rules[r as usize].matches(self) {
+            let rule = &self.rules[r as usize];
+            if !rule.matches(self) {
+                continue;
+            }
+            let Some(require) = &rule.require else {
                 self.best = r;
                 return;
+            };
+            let caller = self.caller;
+            let caller_is = |i: u32| caller.ids.binary_search(&i).is_ok();
+            match self.check.satisfies(
+                self.credentials,
+                require,
+                &caller_is,
+                self.headers,
+                self.query,
+            ) {
+                Ok(()) => {
+                    self.best = r;
+                    return;
+                }
+                Err(e) => self.check.note(self.credentials, require, r, &rule.id, e),
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Policy tests. Submodules: `check` (every diagnostic), `pattern` (paths, methods, globs),
-//! `identity` (matching callers), `decide` (decisions), `explain`.
+//! `identity` (matching callers), `decide` (decisions), `explain`, `credentials` (the
+//! `credentials` section and rules' `require`).
 
 mod check;
+mod credentials;
 mod decide;
 mod explain;
 mod identity;

@@ -26,12 +26,13 @@ use tracing::debug;
 
 use crate::{
     audit::{self, Caller, Record},
+    credentials::{CredentialCheck, UnixTime},
     http::{
         self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
         ResponseKind,
     },
     identity::Identity,
-    policy::{self, Decision, Headers, IdentitySet, Policy, Verdict},
+    policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
 };
 
 use super::Relay;
@@ -127,6 +128,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             request_bytes: 0,
             response_bytes: 0,
             added_latency_us: 0,
+            credential: None,
         };
         let req = match head {
             Ok(Some(req)) => req,
@@ -134,7 +136,15 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             Err(HeadFailure::Io) => return,
             Err(HeadFailure::Timeout) => {
                 record.reason = "request head timeout";
-                refuse(&mut client, 408, "request timeout", &mut record, started).await;
+                refuse(
+                    &mut client,
+                    408,
+                    "request timeout",
+                    None,
+                    &mut record,
+                    started,
+                )
+                .await;
                 return relay.audit.record(record);
             }
             Err(HeadFailure::Invalid(e)) => {
@@ -145,7 +155,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.added_latency_us = micros(started);
                 } else {
                     record.reason = "malformed request";
-                    refuse(&mut client, 400, "bad request", &mut record, started).await;
+                    refuse(&mut client, 400, "bad request", None, &mut record, started).await;
                 }
                 return relay.audit.record(record);
             }
@@ -153,17 +163,58 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         record.method = Some(req.method().as_str().to_owned());
         record.path = Some(req.path().to_owned());
 
-        let decision = policy.decide(
+        let mut check = CredentialCheck::new(UnixTime::now(), &relay.fingerprints);
+        let decision = policy.decide_with(
             ids,
             &record.service,
             req.method().as_str(),
             req.path(),
             req.headers(),
             req.query(),
+            &mut check,
         );
         describe(&decision, &mut record);
+        let mut refusal = None;
+        if let Some(grant) = check.grant() {
+            record.credential = Some(audit::CredentialUse {
+                name: grant.credential.clone(),
+                subject: grant.subject.clone(),
+                fingerprint: grant.fingerprint.to_string(),
+            });
+            if grant.bind_on_first_use.is_some() && decision.verdict.forwards() {
+                // No binding store yet: refuse rather than let the token work from anywhere.
+                record.decision = audit::Verdict::Deny;
+                record.reason = "credential not bound to caller";
+                record.detail = Some("bindOnFirstUse is not enforced by this agent yet".into());
+                refusal = Some((403, None));
+            }
+        }
         if decision.verdict == Verdict::Deny {
-            refuse(&mut client, 403, "forbidden", &mut record, started).await;
+            refusal = Some(match (decision.reason, check.failure()) {
+                (Reason::Credential(_), Some(failure)) => {
+                    // The failure's text names the credential and what was wrong, never the
+                    // token or key.
+                    record.detail = Some(failure.error.to_string());
+                    (failure.status(), failure.www_authenticate())
+                }
+                _ => (403, None),
+            });
+        }
+        if let Some((status, challenge)) = refusal {
+            let error = match status {
+                401 => "unauthorized",
+                503 => "unavailable",
+                _ => "forbidden",
+            };
+            refuse(
+                &mut client,
+                status,
+                error,
+                challenge.as_deref(),
+                &mut record,
+                started,
+            )
+            .await;
             relay.audit.record(record);
             // A body we did not read would be taken for the next request: only a request
             // without one leaves the connection usable.
@@ -186,7 +237,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.reason = "upstream unreachable";
                     record.detail = Some(e.to_string());
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
-                    refuse(&mut client, 502, "bad gateway", &mut record, started).await;
+                    refuse(&mut client, 502, "bad gateway", None, &mut record, started).await;
                     return relay.audit.record(record);
                 }
             },
@@ -215,7 +266,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             }
             record.decision = audit::Verdict::Reject;
             record.reason = "malformed request body";
-            refuse(&mut client, 400, "bad request", &mut record, started).await;
+            refuse(&mut client, 400, "bad request", None, &mut record, started).await;
             return relay.audit.record(record);
         }
         relay.audit.record(record);
@@ -325,12 +376,13 @@ struct ErrorBody<'a> {
     request_id: &'a str,
 }
 
-/// Answer the client ourselves (403, 400, 408, 502) with a small JSON body. Every status but
-/// 403 ends the connection, and says so.
+/// Answer the client ourselves with a small JSON body: 401, 403 and 503 leave the connection
+/// usable; 400, 408 and 502 end it, and say so.
 async fn refuse(
     client: &mut TcpStream,
     status: u16,
     error: &str,
+    challenge: Option<&str>,
     record: &mut Record,
     started: Instant,
 ) {
@@ -343,17 +395,22 @@ async fn refuse(
     .unwrap_or_default();
     let text = match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         408 => "Request Timeout",
+        503 => "Service Unavailable",
         _ => "Bad Gateway",
     };
-    let connection = if status == 403 {
+    let connection = if matches!(status, 401 | 403 | 503) {
         ""
     } else {
         "connection: close\r\n"
     };
+    let challenge = challenge
+        .map(|c| format!("www-authenticate: {c}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
+        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{challenge}{connection}\r\n",
         body.len()
     );
     let mut out = Vec::with_capacity(head.len() + body.len());

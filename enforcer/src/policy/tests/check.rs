@@ -23,7 +23,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
             "unknown top-level field",
             "version: 1\nservices: {}\nrulez: []\n",
             "test.yaml:3:1: unknown field `rulez`, expected one of version, settings, \
-             identities, services, rules",
+             identities, credentials, services, rules",
         ),
         (
             "unknown rule field",
@@ -32,7 +32,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
                  paths: [/]\n    header: {a: b}\n",
             ),
             "test.yaml:13:5: unknown field `header`, expected one of id, from, to, methods, \
-             paths, headers, query, websocket, mode",
+             paths, headers, query, websocket, mode, require",
         ),
         (
             "unknown identity attribute",

@@ -1,0 +1,272 @@
+//! Credentials through the real redirect: a bearer JWT verified against a JWKS file, bound to
+//! the process it belongs to, refused from another; 401, 403 and their challenges; key
+//! rotation; and no token anywhere in the logs or the audit trail.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use enforcer_tests::{
+    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, send_raw_with,
+    wait_for,
+};
+use ring::{
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair as _},
+};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://sso.test";
+const AUDIENCE: &str = "invoices-api";
+
+/// A signing key and its public JWK.
+struct SigningKey {
+    kid: &'static str,
+    pair: Ed25519KeyPair,
+}
+
+impl SigningKey {
+    fn new(kid: &'static str) -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Self {
+            kid,
+            pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        json!({
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
+            "kid": self.kid, "x": B64.encode(self.pair.public_key().as_ref()),
+        })
+    }
+
+    /// A signed token for `sub` with `scope`, valid from `iat` for `lifetime` seconds.
+    fn token(&self, sub: &str, scope: &str, iat: i64, lifetime: i64) -> String {
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
+        let claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope,
+            "iat": iat, "exp": iat + lifetime,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let signature = self.pair.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", B64.encode(signature.as_ref()))
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn write_jwks(path: &Path, keys: &[&SigningKey]) {
+    let set = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    fs::write(path, set.to_string()).unwrap();
+}
+
+/// Reads of invoices need a token with scope `invoices:read`; the subject `svc-billing` may be
+/// used only by the probe running as root.
+fn policy(upstream: SocketAddr, jwks: &Path, audit: &Path) -> String {
+    let probe = fs::canonicalize(probe_binary()).unwrap();
+    format!(
+        r#"version: 1
+settings:
+  audit: {{file: {audit}}}
+identities:
+  billing-worker: {{exe: {probe}, user: root}}
+credentials:
+  sso:
+    kind: jwt
+    issuer: {ISSUER}
+    audience: {AUDIENCE}
+    algorithms: [EdDSA]
+    jwksFile: {jwks}
+    maxLifetime: 1h
+    boundSubjects: {{svc-billing: billing-worker}}
+services:
+  api:
+    endpoints: ["{upstream}"]
+rules:
+  - id: read-invoices
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/v1/invoices/*"]
+    require: {{credential: sso, scopes: ["invoices:read"]}}
+"#,
+        audit = audit.display(),
+        jwks = jwks.display(),
+        probe = probe.display(),
+    )
+}
+
+fn get(token: Option<&str>) -> Vec<u8> {
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET /v1/invoices/1 HTTP/1.1\r\nhost: api\r\n{auth}\r\n").into_bytes()
+}
+
+/// Status line and `www-authenticate` of the response to `request` from a probe in `cgroup`.
+fn ask(cgroup: &Cgroup, user: Option<(u32, u32)>, to: SocketAddr, request: &[u8]) -> String {
+    let report = send_raw_with(cgroup, user, to, request, false);
+    let text = report["response"].as_str().unwrap_or("").to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    match text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+    {
+        Some(challenge) => format!("{status} | {challenge}"),
+        None => status,
+    }
+}
+
+#[test]
+fn a_bearer_token_works_only_for_its_process_scope_and_lifetime() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let jwks = cgroup_scoped_temp(&cgroup, "jwks.json");
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let k1 = SigningKey::new("k1");
+    write_jwks(&jwks, &[&k1]);
+    let mut agent = Agent::start(&cgroup, &policy(upstream.addr(), &jwks, &audit));
+    let u = upstream.addr();
+    let t = now();
+    let good = k1.token("svc-billing", "invoices:read", t, 300);
+    const NOBODY: Option<(u32, u32)> = Some((65534, 65534));
+
+    // (case, run as, request, status line | challenge)
+    type Case<'a> = (&'a str, Option<(u32, u32)>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            None,
+            get(None),
+            "HTTP/1.1 401 Unauthorized | www-authenticate: Bearer realm=\"sso\"",
+        ),
+        ("bound process", None, get(Some(&good)), "HTTP/1.1 200 OK"),
+        (
+            // Same token, same binary, another user: not the identity it is bound to.
+            "another user",
+            NOBODY,
+            get(Some(&good)),
+            "HTTP/1.1 403 Forbidden",
+        ),
+        (
+            "expired",
+            None,
+            get(Some(&k1.token(
+                "svc-billing",
+                "invoices:read",
+                t - 1000,
+                300,
+            ))),
+            "HTTP/1.1 401 Unauthorized | www-authenticate: Bearer realm=\"sso\", error=\"invalid_token\", error_description=\"the token expired\"",
+        ),
+        (
+            "lifetime over maxLifetime",
+            None,
+            get(Some(&k1.token("svc-billing", "invoices:read", t, 86_400))),
+            "HTTP/1.1 401 Unauthorized | www-authenticate: Bearer realm=\"sso\", error=\"invalid_token\"",
+        ),
+        (
+            "missing scope",
+            None,
+            get(Some(&k1.token("svc-billing", "invoices:write", t, 300))),
+            "HTTP/1.1 403 Forbidden | www-authenticate: Bearer realm=\"sso\", error=\"insufficient_scope\", scope=\"invoices:read\"",
+        ),
+        (
+            "signed by an unknown key",
+            None,
+            get(Some(&SigningKey::new("k1").token(
+                "svc-billing",
+                "invoices:read",
+                t,
+                300,
+            ))),
+            "HTTP/1.1 401 Unauthorized | www-authenticate: Bearer realm=\"sso\", error=\"invalid_token\"",
+        ),
+    ];
+    for (name, user, request, want) in &cases {
+        assert_eq!(ask(&cgroup, *user, u, request), *want, "{name}");
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the bound process got through"
+    );
+    // The upstream received the credential it was sent: the application still checks it.
+    assert_eq!(
+        upstream.requests()[0].header("authorization"),
+        Some(&*format!("Bearer {good}"))
+    );
+
+    // Rotation with overlap: k2 is added beside k1, then k1 is retired.
+    let k2 = SigningKey::new("k2");
+    let from_k2 = k2.token("svc-billing", "invoices:read", t, 300);
+    write_jwks(&jwks, &[&k1, &k2]);
+    agent.wait_event("k2 loaded", |e| {
+        e["event"] == "keys_loaded" && e["keys"] == 2
+    });
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&from_k2))),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(ask(&cgroup, None, u, &get(Some(&good))), "HTTP/1.1 200 OK");
+    write_jwks(&jwks, &[&k2]);
+    agent.wait_event("k1 retired", |e| {
+        e["event"] == "keys_loaded" && e["keys"] == 1
+    });
+    wait_for("a token from the retired key to be refused", || {
+        ask(&cgroup, None, u, &get(Some(&good)))
+            .starts_with("HTTP/1.1 401")
+            .then_some(())
+    });
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&from_k2))),
+        "HTTP/1.1 200 OK"
+    );
+
+    agent.stop();
+    let records: Vec<Value> = fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = records
+        .iter()
+        .find(|r| r["decision"] == "allow")
+        .expect("an allowed record");
+    assert_eq!(allowed["credential"]["name"], "sso");
+    assert_eq!(allowed["credential"]["subject"], "svc-billing");
+    assert_eq!(
+        allowed["credential"]["fingerprint"].as_str().map(str::len),
+        Some(16)
+    );
+    let unbound = &records[2];
+    assert_eq!(unbound["status"], 403);
+    assert_eq!(unbound["reason"], "credential not bound to caller");
+    // No token, nor any part of one, in the audit trail or the agent's log.
+    let audit_text = fs::read_to_string(&audit).unwrap();
+    let log = agent.log_text();
+    for token in [&good, &from_k2] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!audit_text.contains(signature), "token in the audit trail");
+        assert!(!log.contains(signature), "token in the agent's log");
+    }
+    let _ = fs::remove_file(audit);
+    let _ = fs::remove_file(jwks);
+}
