@@ -2,6 +2,7 @@
 //! decision path directly.
 
 pub mod audit;
+pub mod binding;
 pub mod credentials;
 pub mod http;
 pub mod identity;

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use enforcer::{
     audit::Audit,
+    binding::{Bindings, MAX_BINDINGS},
     credentials::Fingerprinter,
     identity::Resolver,
     policy::{self, Policy},
@@ -107,7 +108,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
     /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
-    /// tokens in records (so a token's fingerprint is stable across restarts).
+    /// tokens in records (so a token's fingerprint is stable across restarts), and the
+    /// bind-on-first-use bindings.
     #[arg(long, default_value = "/var/lib/enforcer")]
     state_dir: PathBuf,
 }
@@ -220,6 +222,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .create(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
     let fingerprints = Fingerprinter::load_or_create(&args.state_dir.join("fingerprint.key"))?;
+    let bindings = Bindings::open(&args.state_dir.join("bindings.jsonl"), MAX_BINDINGS)?;
     let services = policy.services.len();
     let store = Arc::new(PolicyStore::new(policy));
     let relay_store = store.clone();
@@ -228,6 +231,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store: relay_store,
         audit,
         fingerprints,
+        bindings: Arc::new(bindings),
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),

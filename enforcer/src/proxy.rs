@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     audit::Audit,
+    binding::Bindings,
     credentials::Fingerprinter,
     identity::{Identity, Resolver, Unresolved},
     policy::Protocol,
@@ -55,6 +56,8 @@ pub struct Relay {
     pub audit: Audit,
     /// Keyed fingerprints of presented tokens and keys, for records.
     pub fingerprints: Fingerprinter,
+    /// Who first used each credential with `bindOnFirstUse`.
+    pub bindings: Arc<Bindings>,
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
     pub connect_timeout: Duration,

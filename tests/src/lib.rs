@@ -211,6 +211,18 @@ impl Drop for Cgroup {
             }
             thread::sleep(Duration::from_millis(10));
         }
+        // Temp files of this cgroup's test (policies, audit trails, agent state).
+        let prefix = format!("{}-", self.path.file_name().unwrap().to_string_lossy());
+        for entry in fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = entry.path();
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
+        }
         // rmdir fails with EBUSY while exiting tasks are still being reaped.
         while let Err(e) = fs::remove_dir(&self.path) {
             if Instant::now() > deadline {
@@ -229,7 +241,6 @@ pub struct Agent {
     child: Option<Child>,
     events: Arc<(Mutex<Vec<Value>>, Condvar)>,
     policy_file: PathBuf,
-    state_dir: PathBuf,
     pub listen: SocketAddr,
     pub listen6: Option<SocketAddr>,
 }
@@ -282,7 +293,6 @@ impl Agent {
             child: Some(child),
             events,
             policy_file,
-            state_dir,
             listen: "0.0.0.0:0".parse().unwrap(),
             listen6: None,
         };
@@ -381,8 +391,6 @@ impl Drop for Agent {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             wait_child(&mut child);
         }
-        let _ = fs::remove_file(&self.policy_file);
-        let _ = fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -401,7 +409,8 @@ fn wait_child(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// A temp file path unique to a cgroup (and so to a test), readable by every user.
+/// A temp file path unique to a cgroup (and so to a test), readable by every user; removed
+/// with the cgroup.
 pub fn cgroup_scoped_temp(cgroup: &Cgroup, name: &str) -> PathBuf {
     let tag = cgroup.path().file_name().unwrap().to_string_lossy();
     std::env::temp_dir().join(format!("{tag}-{name}"))

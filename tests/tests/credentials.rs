@@ -270,3 +270,60 @@ fn a_bearer_token_works_only_for_its_process_scope_and_lifetime() {
     let _ = fs::remove_file(audit);
     let _ = fs::remove_file(jwks);
 }
+
+#[test]
+fn bind_on_first_use_survives_an_agent_restart() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let jwks = cgroup_scoped_temp(&cgroup, "jwks.json");
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let k1 = SigningKey::new("k1");
+    write_jwks(&jwks, &[&k1]);
+    // The subject is bound to whichever process uses it first.
+    let policy = policy(upstream.addr(), &jwks, &audit).replace(
+        "    boundSubjects: {svc-billing: billing-worker}\n",
+        "    bindOnFirstUse: subject\n",
+    );
+    assert!(policy.contains("bindOnFirstUse"));
+    let token = k1.token("svc-reports", "invoices:read", now(), 300);
+    let u = upstream.addr();
+    const NOBODY: Option<(u32, u32)> = Some((65534, 65534));
+
+    let agent = Agent::start(&cgroup, &policy);
+    // First use binds the subject to the probe running as nobody...
+    assert_eq!(
+        ask(&cgroup, NOBODY, u, &get(Some(&token))),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        ask(&cgroup, NOBODY, u, &get(Some(&token))),
+        "HTTP/1.1 200 OK"
+    );
+    // ...so as root, the same binary is another caller.
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&token))),
+        "HTTP/1.1 403 Forbidden"
+    );
+    // Another token for the same subject is bound too.
+    let second = k1.token("svc-reports", "invoices:read", now(), 200);
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&second))),
+        "HTTP/1.1 403 Forbidden"
+    );
+    drop(agent);
+
+    // A new agent on the same state directory keeps the binding.
+    let _agent = Agent::start(&cgroup, &policy);
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&token))),
+        "HTTP/1.1 403 Forbidden"
+    );
+    assert_eq!(
+        ask(&cgroup, NOBODY, u, &get(Some(&token))),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(upstream.requests().len(), 3);
+}

@@ -26,6 +26,7 @@ use tracing::debug;
 
 use crate::{
     audit::{self, Caller, Record},
+    binding,
     credentials::{CredentialCheck, UnixTime},
     http::{
         self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
@@ -65,6 +66,7 @@ impl Headers for [http::Header] {
 /// Serve HTTP/1.1 requests on `client` until it closes, errs or is refused.
 pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
     let caller = Arc::new(Caller::from(&*conn.identity));
+    let owner: Arc<str> = binding::owner_of(&conn.identity).into();
     let mut cbuf = BytesMut::with_capacity(BUFFER);
     let mut upstream: Option<Upstream> = None;
     // Which policy identities the caller matches, per policy: classified once per policy.
@@ -181,12 +183,38 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 subject: grant.subject.clone(),
                 fingerprint: grant.fingerprint.to_string(),
             });
-            if grant.bind_on_first_use.is_some() && decision.verdict.forwards() {
-                // No binding store yet: refuse rather than let the token work from anywhere.
-                record.decision = audit::Verdict::Deny;
-                record.reason = "credential not bound to caller";
-                record.detail = Some("bindOnFirstUse is not enforced by this agent yet".into());
-                refusal = Some((403, None));
+            if let Some(key) = &grant.bind_on_first_use
+                && decision.verdict.forwards()
+            {
+                let bindings = relay.bindings.clone();
+                let outcome = if bindings.is_bound(&grant.credential, key) {
+                    bindings.check(&grant.credential, key, &owner)
+                } else {
+                    // A first use writes and syncs a line: off the runtime's workers.
+                    let (credential, key, owner) =
+                        (grant.credential.clone(), key.clone(), owner.clone());
+                    tokio::task::spawn_blocking(move || bindings.check(&credential, &key, &owner))
+                        .await
+                        .unwrap_or(binding::Outcome::Unwritable)
+                };
+                let refused = match outcome {
+                    binding::Outcome::Owner | binding::Outcome::Bound => None,
+                    binding::Outcome::Other => Some((403, "bound on first use to another caller")),
+                    binding::Outcome::Full => Some((403, "binding store full: first use refused")),
+                    binding::Outcome::Unwritable => {
+                        Some((503, "binding store unwritable: first use refused"))
+                    }
+                };
+                if let Some((status, detail)) = refused {
+                    record.decision = audit::Verdict::Deny;
+                    record.reason = if status == 403 {
+                        "credential not bound to caller"
+                    } else {
+                        "binding store unavailable"
+                    };
+                    record.detail = Some(detail.into());
+                    refusal = Some((status, None));
+                }
             }
         }
         if decision.verdict == Verdict::Deny {
