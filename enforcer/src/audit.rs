@@ -83,6 +83,9 @@ pub struct Record {
     /// The credential that satisfied the allowing rule, if it required one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialUse>,
+    /// The header the agent injected a credential into (never its value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected: Option<Arc<str>>,
 }
 
 /// A credential as a record may name it: never the token or key, only its keyed fingerprint.

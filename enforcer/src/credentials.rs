@@ -43,6 +43,7 @@
 mod apikey;
 mod cache;
 mod fingerprint;
+mod inject;
 mod json;
 mod jwk;
 mod jwks_file;
@@ -61,6 +62,7 @@ pub use self::{
     },
     cache::TokenCache,
     fingerprint::{Fingerprint, FingerprintError, Fingerprinter},
+    inject::{InjectError, Injection, MAX_INJECTED_BYTES, NOT_INJECTABLE, Secret},
     json::JsonWhy,
     jwk::{JwkError, JwksError, Key, KeyKind, KeySet, MIN_SECRET_BYTES, Skipped},
     jwks_file::{JwksFile, Refresh},

@@ -89,7 +89,7 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
         let trigger = tokio::select! {
             _ = sighup.recv() => "sighup",
             _ = tick.tick() => {
-                refresh_keys(&store);
+                refresh_secrets(&store);
                 let now = fingerprint(&path);
                 if now == seen {
                     continue;
@@ -102,9 +102,23 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
     }
 }
 
-/// Re-read the JWKS files of the policy in force that changed (one `stat` each otherwise).
-fn refresh_keys(store: &PolicyStore) {
-    for r in store.current().credentials().refresh_if_changed() {
+/// Re-read the key and injected-secret files of the policy in force that changed (one `stat`
+/// each otherwise).
+fn refresh_secrets(store: &PolicyStore) {
+    let policy = store.current();
+    for injection in policy.rules().iter().filter_map(|r| r.injection()) {
+        let file = injection.file().display();
+        match injection.refresh_if_changed() {
+            None => {}
+            Some(Ok(())) => info!(event = "secret_loaded", %file, "injected secret loaded"),
+            Some(Err(e)) => error!(
+                event = "secret_rejected",
+                error = %e,
+                "injected secret file refused; the previous value stays in force"
+            ),
+        }
+    }
+    for r in policy.credentials().refresh_if_changed() {
         let file = r.path.display();
         match r.outcome {
             Refresh::Unchanged => {}

@@ -327,3 +327,81 @@ fn bind_on_first_use_survives_an_agent_restart() {
     );
     assert_eq!(upstream.requests().len(), 3);
 }
+
+#[test]
+fn an_injected_credential_replaces_the_clients_and_rotates_without_restart() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let secret = cgroup_scoped_temp(&cgroup, "payments-token");
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    fs::write(&secret, "Bearer s3cret-one\n").unwrap();
+    let policy = format!(
+        r#"version: 1
+settings:
+  audit: {{file: {audit}}}
+services:
+  api:
+    endpoints: ["{upstream}"]
+rules:
+  - id: read-invoices
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/v1/invoices/*"]
+    inject: {{header: Authorization, file: {secret}}}
+"#,
+        audit = audit.display(),
+        upstream = upstream.addr(),
+        secret = secret.display(),
+    );
+    let mut agent = Agent::start(&cgroup, &policy);
+    let u = upstream.addr();
+    let authorization = |n: usize| {
+        upstream.requests()[n]
+            .header("authorization")
+            .map(str::to_owned)
+    };
+
+    // The application sends its own credential, or none: the upstream sees the injected one.
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some("client-own"))),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(ask(&cgroup, None, u, &get(None)), "HTTP/1.1 200 OK");
+    assert_eq!(authorization(0).as_deref(), Some("Bearer s3cret-one"));
+    assert_eq!(authorization(1).as_deref(), Some("Bearer s3cret-one"));
+    let headers = upstream.requests()[0].headers.len();
+    assert_eq!(
+        upstream.requests()[0]
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            .count(),
+        1,
+        "one authorization field of {headers}"
+    );
+
+    // Rotation: a new value in the file applies to the next request.
+    fs::write(&secret, "Bearer s3cret-two\n").unwrap();
+    agent.wait_event("the rotated secret", |e| e["event"] == "secret_loaded");
+    assert_eq!(ask(&cgroup, None, u, &get(None)), "HTTP/1.1 200 OK");
+    assert_eq!(authorization(2).as_deref(), Some("Bearer s3cret-two"));
+    // A broken file keeps the last good value.
+    fs::write(&secret, "Bearer bad\nvalue\n").unwrap();
+    agent.wait_event("the refused secret", |e| e["event"] == "secret_rejected");
+    assert_eq!(ask(&cgroup, None, u, &get(None)), "HTTP/1.1 200 OK");
+    assert_eq!(authorization(3).as_deref(), Some("Bearer s3cret-two"));
+
+    agent.stop();
+    let audit_text = fs::read_to_string(&audit).unwrap();
+    let first: Value = serde_json::from_str(audit_text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["injected"], "authorization");
+    let log = agent.log_text();
+    for secret in ["s3cret-one", "s3cret-two", "client-own"] {
+        assert!(!audit_text.contains(secret), "{secret} in the audit trail");
+        assert!(!log.contains(secret), "{secret} in the agent's log");
+    }
+}

@@ -36,6 +36,7 @@ fn record(n: u64) -> Record {
         response_bytes: 0,
         added_latency_us: 12,
         credential: None,
+        injected: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod attacks;
 pub(crate) mod cache;
 mod claims;
 mod fingerprint;
+mod inject;
 mod jwks_file;
 mod redaction;
 mod rfc7520;

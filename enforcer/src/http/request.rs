@@ -241,6 +241,18 @@ impl Request {
         self.host.as_deref()
     }
 
+    /// Replace every field named `name` with one `name: value`, last. For the credentials the
+    /// agent injects: `name` must be a token and not a field that frames or routes the
+    /// request, and `value` a valid field value (the policy checks both when it loads).
+    pub fn replace_header(&mut self, name: &str, value: &[u8]) {
+        self.headers
+            .retain(|h| !h.name().eq_ignore_ascii_case(name));
+        self.headers.push(Header {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            value: Bytes::copy_from_slice(value),
+        });
+    }
+
     fn from_parsed(head: &[u8], parsed: &httparse::Request<'_, '_>) -> Result<Self, RequestError> {
         let (Some(method), Some(target), Some(minor)) =
             (parsed.method, parsed.path, parsed.version)

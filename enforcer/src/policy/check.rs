@@ -570,6 +570,8 @@ fn rule(
     }
     // require
     let require = f.require.and_then(|r| credentials.requirement(d, id, r));
+    // inject
+    let inject = f.inject.and_then(|i| injection(d, id, i.value));
     Rule {
         id: Arc::from(id.as_str()),
         from,
@@ -581,8 +583,46 @@ fn rule(
         websocket,
         mode: f.mode.unwrap_or(Mode::Enforce),
         require,
+        inject,
         line: f.id.referenced.line(),
         column: f.id.referenced.column(),
+    }
+}
+
+fn injection(
+    d: &mut Diagnostics,
+    id: &str,
+    f: super::file::InjectFile,
+) -> Option<Arc<crate::credentials::Injection>> {
+    let header = f.header.value.to_ascii_lowercase();
+    if !is_token(&header) {
+        d.at(
+            &f.header.referenced,
+            format!("rule `{id}`: `{}` is not a header name", f.header.value),
+        );
+        return None;
+    }
+    if crate::credentials::NOT_INJECTABLE.contains(&header.as_str()) {
+        d.at(
+            &f.header.referenced,
+            format!("rule `{id}`: `{header}` frames or routes the request: it cannot be injected"),
+        );
+        return None;
+    }
+    let path = std::path::Path::new(&f.file.value);
+    if !path.is_absolute() {
+        d.at(
+            &f.file.referenced,
+            format!("rule `{id}`: the file to inject from must be an absolute path"),
+        );
+        return None;
+    }
+    match crate::credentials::Injection::load(&header, path) {
+        Ok(i) => Some(Arc::new(i)),
+        Err(e) => {
+            d.at(&f.file.referenced, format!("rule `{id}`: {e}"));
+            None
+        }
     }
 }
 

@@ -100,6 +100,16 @@ pub(super) struct RuleFile {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub require: Option<Spanned<RequireFile>>,
+    #[serde(default)]
+    pub inject: Option<Spanned<InjectFile>>,
+}
+
+/// A rule's `inject`: replace a header of allowed requests with a value read from a file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InjectFile {
+    pub header: Spanned<String>,
+    pub file: Spanned<String>,
 }
 
 /// A credential: one struct for both kinds, so that a field given for the wrong kind is

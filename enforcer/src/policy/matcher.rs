@@ -35,6 +35,8 @@ pub struct Rule {
     pub(super) query: Box<[(Box<str>, Box<str>)]>,
     pub(super) websocket: bool,
     pub(super) mode: Mode,
+    /// A header to replace in allowed requests, with its value's file.
+    pub(super) inject: Option<Arc<crate::credentials::Injection>>,
     /// A credential the request must present (`require`).
     pub(super) require: Option<Requirement>,
     /// Where the rule's `id` is, for `explain`.
@@ -338,6 +340,11 @@ impl Rule {
     }
 
     /// The credential the rule requires, if any.
+    /// The header this rule injects into the requests it allows, if any.
+    pub fn injection(&self) -> Option<&crate::credentials::Injection> {
+        self.inject.as_deref()
+    }
+
     pub fn requirement(&self) -> Option<&Requirement> {
         self.require.as_ref()
     }

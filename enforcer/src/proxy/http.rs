@@ -131,8 +131,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             response_bytes: 0,
             added_latency_us: 0,
             credential: None,
+            injected: None,
         };
-        let req = match head {
+        let mut req = match head {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(HeadFailure::Io) => return,
@@ -227,6 +228,15 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 }
                 _ => (403, None),
             });
+        }
+        // Secretless injection: the allowing rule's credential replaces whatever the client
+        // sent. Only for Allow: a request forwarded as a dry-run "would deny" gets nothing.
+        if refusal.is_none()
+            && decision.verdict == Verdict::Allow
+            && let Some(injection) = decision.rule.and_then(|r| r.injection())
+        {
+            req.replace_header(injection.header(), injection.value().expose());
+            record.injected = Some(injection.header().into());
         }
         if let Some((status, challenge)) = refusal {
             let error = match status {
