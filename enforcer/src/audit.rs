@@ -155,8 +155,18 @@ pub fn now() -> f64 {
 /// The sending side of the audit trail. Cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Message>,
     stats: Arc<Stats>,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are the queue's payload; boxing them would allocate once more per request"
+)]
+enum Message {
+    Record(Record),
+    /// Write out everything queued before this, then answer.
+    Flush(mpsc::Sender<()>),
 }
 
 /// Counters of the audit trail itself.
@@ -190,7 +200,7 @@ impl Audit {
 
     /// Queue a record; never blocks.
     pub fn record(&self, record: Record) {
-        match self.tx.try_send(record) {
+        match self.tx.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Relaxed);
@@ -200,6 +210,27 @@ impl Audit {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Wait until every record queued so far is written and flushed, for at most `timeout`.
+    /// Blocking: for shutdown, when the process is about to exit and the writer thread with it.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut message = Message::Flush(done);
+        // The queue may be full: retry until there is room or time is up.
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    message = m;
+                    thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
     }
 }
 
@@ -219,32 +250,43 @@ impl Sink for io::Stdout {
     }
 }
 
-fn write_loop(rx: Receiver<Record>, mut sink: Box<dyn Sink>, stats: &Stats) {
+fn write_loop(rx: Receiver<Message>, mut sink: Box<dyn Sink>, stats: &Stats) {
     let mut line = Vec::with_capacity(1024);
-    // Block for the first record, then drain what queued up before flushing once.
+    // Block for the first message, then drain what queued up before flushing once.
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(record) = next {
-            line.clear();
-            let written = serde_json::to_writer(&mut line, &record)
-                .map_err(io::Error::from)
-                .and_then(|()| {
-                    line.push(b'\n');
-                    sink.write_line(&line)
-                });
-            match written {
-                Ok(()) => stats.written.fetch_add(1, Relaxed),
-                Err(e) => {
-                    tracing::warn!(error = %e, "audit record lost");
-                    stats.dropped.fetch_add(1, Relaxed)
-                }
-            };
+        let mut waiting = Vec::new();
+        while let Some(message) = next {
+            match message {
+                Message::Record(record) => write_record(&mut *sink, &mut line, &record, stats),
+                Message::Flush(done) => waiting.push(done),
+            }
             next = rx.try_recv().ok();
         }
         if let Err(e) = sink.flush() {
             tracing::warn!(error = %e, "audit flush failed");
         }
+        for done in waiting {
+            let _ = done.send(());
+        }
     }
+}
+
+fn write_record(sink: &mut dyn Sink, line: &mut Vec<u8>, record: &Record, stats: &Stats) {
+    line.clear();
+    let written = serde_json::to_writer(&mut *line, record)
+        .map_err(io::Error::from)
+        .and_then(|()| {
+            line.push(b'\n');
+            sink.write_line(line)
+        });
+    match written {
+        Ok(()) => stats.written.fetch_add(1, Relaxed),
+        Err(e) => {
+            tracing::warn!(error = %e, "audit record lost");
+            stats.dropped.fetch_add(1, Relaxed)
+        }
+    };
 }
 
 /// A file that rotates by size.

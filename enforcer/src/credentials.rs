@@ -13,6 +13,10 @@
 //! - `cache.rs`: verified tokens by hash, so a repeated token skips the signature check.
 //! - `apikey.rs`: API keys known by their SHA-256, with validity windows for rotation.
 //! - `fingerprint.rs`: per-host HMAC fingerprints, the only way records refer to a secret.
+//! - `inject.rs`: secretless injection of a header value from a watched file or, with
+//!   `oauth2.rs`, an OAuth2 client-credentials token kept fresh by a task per injection
+//!   ([`Refreshers`], started and stopped with the policy in force by `reload::PolicyStore`).
+//! - `jwks_url.rs`: a JWKS fetched over HTTPS and refreshed by a task ([`JwksUrl`]).
 //!
 //! What the proxy does with it:
 //!
@@ -47,8 +51,10 @@ mod inject;
 mod json;
 mod jwk;
 mod jwks_file;
+mod jwks_url;
 mod jws;
 mod jwt;
+mod oauth2;
 mod time;
 
 use std::{fmt, path::PathBuf, sync::Arc};
@@ -66,10 +72,15 @@ pub use self::{
     json::JsonWhy,
     jwk::{JwkError, JwksError, Key, KeyKind, KeySet, MIN_SECRET_BYTES, Skipped},
     jwks_file::{JwksFile, Refresh},
+    jwks_url::{JwksFetchError, JwksUrl, REFRESH_INTERVAL as JWKS_REFRESH_INTERVAL},
     jws::{Algorithm, AlgorithmSet, VerifiedJws, verify_jws},
     jwt::{
         DEFAULT_CACHE_ENTRIES, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_BYTES, JwtConfig, JwtError,
         JwtVerifier, Keys, Kid, Malformed, Part, VerifiedJwt, bearer,
+    },
+    oauth2::{
+        FetchError, HttpsUrl, OAuth2, OAuth2Error, Refreshers, Token, TokenError, backoff,
+        parse_token_response, refresh_delay,
     },
     time::{UnixTime, parse_rfc3339},
 };
@@ -496,6 +507,20 @@ impl Credentials {
         out
     }
 
+    /// The JWKS URLs of the credentials, for their refresher tasks ([`Refreshers::add_jwks`]).
+    pub fn jwks_urls(&self) -> Vec<Arc<JwksUrl>> {
+        self.list
+            .iter()
+            .filter_map(|c| match &c.verifier {
+                Verifier::Jwt(v) => match v.keys() {
+                    Keys::Url(u) => Some(u.clone()),
+                    _ => None,
+                },
+                Verifier::ApiKey(_) => None,
+            })
+            .collect()
+    }
+
     /// Credentials whose keys are unavailable, and why (for the startup log and `check`).
     pub fn unavailable(&self) -> Vec<(Arc<str>, Arc<str>)> {
         self.list
@@ -503,6 +528,7 @@ impl Credentials {
             .filter_map(|c| match &c.verifier {
                 Verifier::Jwt(v) => match v.keys() {
                     Keys::File(f) => f.status().err().map(|why| (c.name.clone(), why)),
+                    Keys::Url(u) => u.status().err().map(|why| (c.name.clone(), why)),
                     Keys::Static(_) => None,
                 },
                 Verifier::ApiKey(_) => None,

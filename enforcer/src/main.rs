@@ -276,6 +276,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for task in tasks {
         let _ = task.await;
     }
+    // The writer thread dies with the process: write out what is queued first.
+    if !relay.audit.flush(Duration::from_secs(5)) {
+        warn!("audit trail not flushed within 5 s: records may be lost");
+    }
     let kernel = redirect.counters();
     let redirect = Arc::into_inner(redirect)
         .context("BUG: the redirect is still shared after its tasks ended")?;

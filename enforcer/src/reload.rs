@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::credentials::Refresh;
+use crate::credentials::{Refresh, Refreshers};
 
 use crate::{policy::Policy, redirect::Redirect};
 
@@ -31,14 +31,21 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The policy in force, shared by every connection.
 pub struct PolicyStore {
     current: ArcSwap<Policy>,
+    /// The refresher tasks (OAuth2 tokens, JWKS URLs) of the policy in force; replaced (and so
+    /// stopped) with it.
+    refreshers: Mutex<Refreshers>,
     pub reloads: AtomicU64,
     pub failures: AtomicU64,
 }
 
 impl PolicyStore {
+    /// Puts `policy` in force and starts its refreshers: call inside the tokio runtime.
     pub fn new(policy: Policy) -> Self {
+        let mut refreshers = Refreshers::start(&injections(&policy), &[]);
+        refreshers.add_jwks(&policy.credentials().jwks_urls(), &[]);
         Self {
             current: ArcSwap::from_pointee(policy),
+            refreshers: Mutex::new(refreshers),
             reloads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -51,8 +58,25 @@ impl PolicyStore {
     }
 
     fn replace(&self, policy: Policy) {
+        let mut refreshers = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current();
+        let mut started = Refreshers::start(&injections(&policy), &injections(&old));
+        started.add_jwks(
+            &policy.credentials().jwks_urls(),
+            &old.credentials().jwks_urls(),
+        );
         self.current.store(Arc::new(policy));
+        // Dropping the old policy's refreshers stops them.
+        *refreshers = started;
     }
+}
+
+fn injections(policy: &Policy) -> Vec<Arc<crate::credentials::Injection>> {
+    policy
+        .rules()
+        .iter()
+        .filter_map(|r| r.shared_injection().cloned())
+        .collect()
 }
 
 /// What identifies a version of the file without reading it.
@@ -107,7 +131,11 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
 fn refresh_secrets(store: &PolicyStore) {
     let policy = store.current();
     for injection in policy.rules().iter().filter_map(|r| r.injection()) {
-        let file = injection.file().display();
+        // OAuth2 injections have their own task.
+        let Some(file) = injection.file() else {
+            continue;
+        };
+        let file = file.display();
         match injection.refresh_if_changed() {
             None => {}
             Some(Ok(())) => info!(event = "secret_loaded", %file, "injected secret loaded"),

@@ -405,3 +405,309 @@ rules:
         assert!(!log.contains(secret), "{secret} in the agent's log");
     }
 }
+
+// === OAuth2 client-credentials injection ===
+
+/// A local HTTPS token endpoint (RFC 6749 §4.4) and JWKS endpoint (any GET) with a certificate
+/// from a CA made here. POSTs get 503 until `issue` is called, then the token given, with a 2 s
+/// `expires_in` so the agent refreshes about every second; GETs get 503 until `publish` is
+/// called, then the JWK set. Records every request it receives.
+struct TokenServer {
+    addr: SocketAddr,
+    ca_pem: String,
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    jwks: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenServer {
+    fn start() -> Self {
+        use std::sync::{Arc, Mutex};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token: Arc<Mutex<Option<String>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let jwks: Arc<Mutex<Option<String>>> = Arc::default();
+        let (t, j, r) = (token.clone(), jwks.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let _ = serve_token(&mut tls, &t, &j, &r);
+            }
+        });
+        Self {
+            addr,
+            ca_pem: ca.pem(),
+            token,
+            jwks,
+            requests,
+        }
+    }
+
+    fn issue(&self, token: &str) {
+        *self.token.lock().unwrap() = Some(token.to_owned());
+    }
+
+    fn publish(&self, jwks: &str) {
+        *self.jwks.lock().unwrap() = Some(jwks.to_owned());
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_token(
+    tls: &mut (impl std::io::Read + std::io::Write),
+    token: &std::sync::Mutex<Option<String>>,
+    jwks: &std::sync::Mutex<Option<String>>,
+    requests: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Head, then as much body as content-length says.
+    loop {
+        let n = tls.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    requests
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&buf).to_string());
+    let body = if buf.starts_with(b"GET ") {
+        jwks.lock().unwrap().clone()
+    } else {
+        token.lock().unwrap().clone().map(|t| {
+            json!({"access_token": t, "token_type": "Bearer", "expires_in": 2}).to_string()
+        })
+    };
+    let (status, body) = match body {
+        Some(body) => ("200 OK", body),
+        None => (
+            "503 Service Unavailable",
+            r#"{"error":"temporarily_unavailable"}"#.to_string(),
+        ),
+    };
+    write!(
+        tls,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    tls.flush()
+}
+
+#[test]
+fn an_oauth2_token_is_injected_and_refreshed() {
+    use std::{io::Write as _, os::unix::fs::PermissionsExt as _};
+    if !privileged() {
+        return;
+    }
+    let server = TokenServer::start();
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let ca = cgroup_scoped_temp(&cgroup, "ca.pem");
+    fs::write(&ca, &server.ca_pem).unwrap();
+    let secret = cgroup_scoped_temp(&cgroup, "client-secret");
+    fs::File::create(&secret)
+        .unwrap()
+        .write_all(b"client-s3cret\n")
+        .unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = format!(
+        r#"version: 1
+services:
+  api:
+    endpoints: ["{upstream}"]
+rules:
+  - id: pay
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/v1/*"]
+    inject:
+      header: Authorization
+      oauth2:
+        tokenUrl: https://{token}/oauth2/token
+        clientId: billing
+        clientSecretFile: {secret}
+        scope: "payments:write"
+        caFile: {ca}
+"#,
+        upstream = upstream.addr(),
+        token = server.addr,
+        secret = secret.display(),
+        ca = ca.display(),
+    );
+    let mut agent = Agent::start(&cgroup, &policy);
+    let u = upstream.addr();
+    let request = b"GET /v1/pay HTTP/1.1\r\nhost: api\r\nauthorization: Bearer client-own\r\n\r\n";
+    let send = || {
+        send_raw_with(&cgroup, None, u, request, false)["response"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // No token yet (the endpoint answers 503): the request is refused, not forwarded bare.
+    wait_for("a refused token request", || {
+        (!server.requests().is_empty()).then_some(())
+    });
+    let refused = send();
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(
+        refused.contains("injected credential unavailable"),
+        "{refused}"
+    );
+    assert!(upstream.requests().is_empty());
+
+    // The first token is injected in place of the client's header.
+    server.issue("first-token");
+    wait_for("the first token upstream", || {
+        send().starts_with("HTTP/1.1 200 ").then_some(())
+    });
+    let seen = upstream.requests();
+    let last = seen.last().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer first-token"));
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") != Some("Bearer client-own"))
+    );
+
+    // A new token replaces it after a refresh.
+    server.issue("second-token");
+    wait_for("the second token upstream", || {
+        send();
+        let seen = upstream.requests();
+        (seen.last().unwrap().header("authorization") == Some("Bearer second-token")).then_some(())
+    });
+
+    // The token request: Basic client authentication and the form (RFC 6749 §4.4.2).
+    let asked = server.requests();
+    let first = &asked[0];
+    let basic = base64::engine::general_purpose::STANDARD.encode("billing:client-s3cret");
+    assert!(
+        first.starts_with("POST /oauth2/token HTTP/1.1\r\n"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("authorization: Basic {basic}\r\n")),
+        "{first}"
+    );
+    assert!(
+        first.contains("content-type: application/x-www-form-urlencoded\r\n"),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("\r\n\r\ngrant_type=client_credentials&scope=payments%3Awrite"),
+        "{first}"
+    );
+
+    // Neither the tokens nor the secret appear in the log.
+    agent.stop();
+    let log = agent.log_text();
+    for secret in ["first-token", "second-token", "client-s3cret", &basic] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    assert!(log.contains("token_obtained"), "{log}");
+}
+
+#[test]
+fn jwks_from_a_url_are_fetched_before_tokens_verify() {
+    if !privileged() {
+        return;
+    }
+    let server = TokenServer::start();
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let ca = cgroup_scoped_temp(&cgroup, "ca.pem");
+    fs::write(&ca, &server.ca_pem).unwrap();
+    let policy = format!(
+        r#"version: 1
+credentials:
+  sso:
+    kind: jwt
+    issuer: {ISSUER}
+    audience: {AUDIENCE}
+    algorithms: [EdDSA]
+    jwksUrl: https://{jwks}/.well-known/jwks.json
+    caFile: {ca}
+services:
+  api:
+    endpoints: ["{upstream}"]
+rules:
+  - id: read-invoices
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/v1/invoices/*"]
+    require: {{credential: sso, scopes: ["invoices:read"]}}
+"#,
+        upstream = upstream.addr(),
+        jwks = server.addr,
+        ca = ca.display(),
+    );
+    let mut agent = Agent::start(&cgroup, &policy);
+    let u = upstream.addr();
+    let k1 = SigningKey::new("k1");
+    let good = k1.token("svc-billing", "invoices:read", now(), 300);
+
+    // The endpoint answers 503: no keys yet, so a good token cannot verify.
+    wait_for("a JWKS request", || {
+        (!server.requests().is_empty()).then_some(())
+    });
+    assert_eq!(
+        ask(&cgroup, None, u, &get(Some(&good))),
+        "HTTP/1.1 503 Service Unavailable"
+    );
+
+    server.publish(&json!({"keys": [k1.jwk()]}).to_string());
+    wait_for("the JWKS fetched", || {
+        (ask(&cgroup, None, u, &get(Some(&good))) == "HTTP/1.1 200 OK").then_some(())
+    });
+    let asked = server.requests();
+    assert!(
+        asked[0].starts_with("GET /.well-known/jwks.json HTTP/1.1\r\n"),
+        "{}",
+        asked[0]
+    );
+    agent.stop();
+    assert!(agent.log_text().contains("JWKS fetched"));
+}

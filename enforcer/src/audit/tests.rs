@@ -122,3 +122,22 @@ fn an_unwritable_file_is_a_clear_error() {
         "audit file /nonexistent-dir/audit.jsonl: cannot open: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn flush_returns_once_every_queued_record_is_written() {
+    let dir = temp_dir("flush");
+    let path = dir.join("audit.jsonl");
+    let audit = Audit::start(&AuditSink::File {
+        path: path.clone(),
+        max_bytes: 1 << 20,
+        keep: 1,
+    })
+    .unwrap();
+    for n in 0..500 {
+        audit.record(record(n));
+    }
+    assert!(audit.flush(Duration::from_secs(10)));
+    // No waiting: flush has already seen them to the file.
+    assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 500);
+    fs::remove_dir_all(dir).unwrap();
+}

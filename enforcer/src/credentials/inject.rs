@@ -12,7 +12,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
+
+use super::oauth2::OAuth2;
 
 /// Longest injected value, in bytes: a large bearer token fits.
 pub const MAX_INJECTED_BYTES: usize = 8 * 1024;
@@ -48,6 +50,10 @@ pub enum InjectError {
 pub struct Secret(Box<[u8]>);
 
 impl Secret {
+    pub(super) fn new(value: Box<[u8]>) -> Self {
+        Self(value)
+    }
+
     /// The value, for the request head only.
     pub fn expose(&self) -> &[u8] {
         &self.0
@@ -60,21 +66,32 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One rule's `inject`: a header and the file its value comes from.
+/// One rule's `inject`: a header and where its value comes from.
 pub struct Injection {
     header: Box<str>,
-    file: PathBuf,
-    value: ArcSwap<Secret>,
-    /// The file's stamp when last read.
-    seen: Mutex<Option<Stamp>>,
+    source: Source,
+    /// `None` only for OAuth2, until the first token arrives.
+    value: ArcSwapOption<Secret>,
+}
+
+enum Source {
+    File {
+        file: PathBuf,
+        /// The file's stamp when last read.
+        seen: Mutex<Option<Stamp>>,
+    },
+    OAuth2(OAuth2),
 }
 
 impl fmt::Debug for Injection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Injection")
-            .field("header", &self.header)
-            .field("file", &self.file)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Injection");
+        d.field("header", &self.header);
+        match &self.source {
+            Source::File { file, .. } => d.field("file", file),
+            Source::OAuth2(o) => d.field("oauth2", o),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -84,10 +101,22 @@ impl Injection {
         let (stamp, secret) = read(file)?;
         Ok(Self {
             header: header.to_ascii_lowercase().into(),
-            file: file.to_owned(),
-            value: ArcSwap::new(Arc::new(secret)),
-            seen: Mutex::new(Some(stamp)),
+            source: Source::File {
+                file: file.to_owned(),
+                seen: Mutex::new(Some(stamp)),
+            },
+            value: ArcSwapOption::new(Some(Arc::new(secret))),
         })
+    }
+
+    /// An injection whose value comes from an OAuth2 token endpoint: none until the refresher
+    /// ([`super::Refreshers`]) obtains the first token.
+    pub fn oauth2(header: &str, oauth2: OAuth2) -> Self {
+        Self {
+            header: header.to_ascii_lowercase().into(),
+            source: Source::OAuth2(oauth2),
+            value: ArcSwapOption::empty(),
+        }
     }
 
     /// The header, lower case.
@@ -95,28 +124,49 @@ impl Injection {
         &self.header
     }
 
-    pub fn file(&self) -> &Path {
-        &self.file
+    /// The file the value is read from; `None` for OAuth2.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            Source::File { file, .. } => Some(file),
+            Source::OAuth2(_) => None,
+        }
     }
 
-    /// The value in force: the last good read of the file.
-    pub fn value(&self) -> Arc<Secret> {
+    /// The token endpoint settings, for OAuth2.
+    pub fn oauth2_source(&self) -> Option<&OAuth2> {
+        match &self.source {
+            Source::File { .. } => None,
+            Source::OAuth2(o) => Some(o),
+        }
+    }
+
+    /// The value in force: the last good read of the file, or the last token obtained.
+    /// `None`: no OAuth2 token yet; the request must not be forwarded without it.
+    pub fn value(&self) -> Option<Arc<Secret>> {
         self.value.load_full()
+    }
+
+    pub(super) fn set_value(&self, value: Arc<Secret>) {
+        self.value.store(Some(value));
     }
 
     /// Re-read the file if it changed since the last read (one `stat` otherwise). `None`:
     /// unchanged. A file that became unreadable or invalid keeps the previous value in force.
+    /// OAuth2 injections are refreshed by their own task: always `None`.
     pub fn refresh_if_changed(&self) -> Option<Result<(), InjectError>> {
-        let stamp = match stamp(&self.file) {
+        let Source::File { file, seen } = &self.source else {
+            return None;
+        };
+        let stamp = match stamp(file) {
             Ok(stamp) => stamp,
             Err(e) => return Some(Err(e)),
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         if *seen == Some(stamp) {
             return None;
         }
         *seen = Some(stamp);
-        Some(read(&self.file).map(|(_, secret)| self.value.store(Arc::new(secret))))
+        Some(read(file).map(|(_, secret)| self.set_value(Arc::new(secret))))
     }
 }
 

@@ -1,7 +1,8 @@
 //! A JWKS file, reloaded when it changes.
 //!
-//! The agent never fetches keys itself: a separate job (a systemd timer running `curl` over
-//! HTTPS, a secrets agent, configuration management) keeps the file current, and the proxy's
+//! The agent does not fetch this file (for that, see `jwks_url.rs`): a separate job (a systemd
+//! timer running `curl` over HTTPS, a secrets agent, configuration management) keeps it current,
+//! and the proxy's
 //! reload loop calls [`JwksFile::refresh_if_changed`], which costs one `stat` when nothing
 //! changed. Write the file atomically (to a temporary file, then `rename`); a half-written file
 //! fails to parse and is retried at the next change.
@@ -32,7 +33,7 @@ use super::{
 
 /// Generations of key sets, unique in the process: a verified-token cache entry names the one
 /// that verified it.
-static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+pub(super) static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 pub struct JwksFile {
     path: PathBuf,

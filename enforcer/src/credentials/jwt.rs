@@ -185,6 +185,8 @@ pub enum Keys {
     Static(Arc<KeySet>),
     /// A JWKS file, reloaded when it changes ([`JwksFile::refresh_if_changed`]).
     File(Arc<JwksFile>),
+    /// A JWKS fetched over HTTPS by a refresher task ([`super::Refreshers::add_jwks`]).
+    Url(Arc<super::jwks_url::JwksUrl>),
 }
 
 /// Verifies bearer tokens for one credential.
@@ -236,6 +238,7 @@ impl Keys {
         match self {
             Keys::Static(set) => Ok((set.clone(), 0)),
             Keys::File(file) => file.current(),
+            Keys::Url(url) => url.current(),
         }
     }
 }

@@ -609,10 +609,28 @@ fn injection(
         );
         return None;
     }
-    let path = std::path::Path::new(&f.file.value);
+    let source = match (f.file, f.oauth2) {
+        (Some(file), None) => file,
+        (None, Some(oauth2)) => return oauth2_injection(d, id, &header, oauth2),
+        (Some(file), Some(_)) => {
+            d.at(
+                &file.referenced,
+                format!("rule `{id}`: `inject` takes either `file` or `oauth2`, not both"),
+            );
+            return None;
+        }
+        (None, None) => {
+            d.at(
+                &f.header.referenced,
+                format!("rule `{id}`: `inject` needs `file` or `oauth2` for its value"),
+            );
+            return None;
+        }
+    };
+    let path = std::path::Path::new(&source.value);
     if !path.is_absolute() {
         d.at(
-            &f.file.referenced,
+            &source.referenced,
             format!("rule `{id}`: the file to inject from must be an absolute path"),
         );
         return None;
@@ -620,7 +638,74 @@ fn injection(
     match crate::credentials::Injection::load(&header, path) {
         Ok(i) => Some(Arc::new(i)),
         Err(e) => {
-            d.at(&f.file.referenced, format!("rule `{id}`: {e}"));
+            d.at(&source.referenced, format!("rule `{id}`: {e}"));
+            None
+        }
+    }
+}
+
+/// `inject.oauth2`: check the settings and files now; the token comes later, from the network.
+fn oauth2_injection(
+    d: &mut Diagnostics,
+    id: &str,
+    header: &str,
+    f: serde_saphyr::Spanned<super::file::OAuth2File>,
+) -> Option<Arc<crate::credentials::Injection>> {
+    use crate::credentials::{HttpsUrl, Injection, OAuth2};
+    let f = f.value;
+    let url = match HttpsUrl::parse(&f.token_url.value) {
+        Ok(url) => Some(url),
+        Err(e) => {
+            d.at(&f.token_url.referenced, format!("rule `{id}`: {e}"));
+            None
+        }
+    };
+    let mut absolute = |field: &serde_saphyr::Spanned<String>, what: &str| {
+        let path = std::path::Path::new(&field.value);
+        if path.is_absolute() {
+            Some(path.to_owned())
+        } else {
+            d.at(
+                &field.referenced,
+                format!("rule `{id}`: {what} must be an absolute path"),
+            );
+            None
+        }
+    };
+    let secret = absolute(&f.client_secret_file, "`clientSecretFile`");
+    let ca = match &f.ca_file {
+        Some(ca) => Some(absolute(ca, "`caFile`")?),
+        None => None,
+    };
+    let (url, secret) = (url?, secret?);
+    match OAuth2::new(
+        url,
+        &f.client_id.value,
+        &secret,
+        f.scope.as_ref().map(|s| s.value.as_str()),
+        ca.as_deref(),
+    ) {
+        Ok(o) => Some(Arc::new(Injection::oauth2(header, o))),
+        Err(e) => {
+            use crate::credentials::OAuth2Error as E;
+            let at = match &e {
+                E::NotHttps | E::BadUrl { .. } => &f.token_url.referenced,
+                E::BadField { field: "clientId" } => &f.client_id.referenced,
+                E::BadField { .. } => f
+                    .scope
+                    .as_ref()
+                    .map_or(&f.client_id.referenced, |s| &s.referenced),
+                E::NoCertificate { .. } => f
+                    .ca_file
+                    .as_ref()
+                    .map_or(&f.token_url.referenced, |c| &c.referenced),
+                E::Read { path, .. } if Some(path.as_path()) == ca.as_deref() => f
+                    .ca_file
+                    .as_ref()
+                    .map_or(&f.token_url.referenced, |c| &c.referenced),
+                _ => &f.client_secret_file.referenced,
+            };
+            d.at(at, format!("rule `{id}`: {e}"));
             None
         }
     }

@@ -105,6 +105,8 @@ fn credential(
                 ("audience", f.audience.as_ref().map(|v| v.referenced)),
                 ("algorithms", f.algorithms.as_ref().map(|v| v.referenced)),
                 ("jwksFile", f.jwks_file.as_ref().map(|v| v.referenced)),
+                ("jwksUrl", f.jwks_url.as_ref().map(|v| v.referenced)),
+                ("caFile", f.ca_file.as_ref().map(|v| v.referenced)),
                 ("secretFile", f.secret_file.as_ref().map(|v| v.referenced)),
                 ("leeway", f.leeway.as_ref().map(|v| v.referenced)),
                 ("maxLifetime", f.max_lifetime.as_ref().map(|v| v.referenced)),
@@ -266,7 +268,27 @@ fn jwt(d: &mut Diagnostics, key: &Spanned<String>, f: &CredentialFile) -> Spec {
         }
     }
 
-    let keys = match (&f.jwks_file, &f.secret_file) {
+    // `jwksUrl` stands in for `jwksFile` below; `caFile` only goes with it.
+    if let (Some(file), Some(url)) = (&f.jwks_file, &f.jwks_url) {
+        d.at(
+            &url.referenced,
+            format!(
+                "credential `{cname}`: give `jwksFile` or `jwksUrl`, not both (file at {}:{})",
+                file.referenced.line(),
+                file.referenced.column()
+            ),
+        );
+    }
+    if let (Some(ca), None) = (&f.ca_file, &f.jwks_url) {
+        d.at(
+            &ca.referenced,
+            format!("credential `{cname}`: `caFile` applies to `jwksUrl` only"),
+        );
+    }
+    let both = f.jwks_file.is_some() && f.jwks_url.is_some();
+    let jwks_source = f.jwks_file.as_ref().or(f.jwks_url.as_ref());
+    let keys = match (jwks_source, &f.secret_file) {
+        _ if both => None,
         (Some(_), Some(secret)) => {
             d.at(
                 &secret.referenced,
@@ -297,8 +319,12 @@ fn jwt(d: &mut Diagnostics, key: &Spanned<String>, f: &CredentialFile) -> Spec {
                     ),
                 );
             }
-            absolute(d, cname, "jwksFile", jwks)
-                .map(|path| Keys::File(Arc::new(JwksFile::open(&path).0)))
+            if f.jwks_url.is_some() {
+                jwks_url(d, cname, jwks, f.ca_file.as_ref())
+            } else {
+                absolute(d, cname, "jwksFile", jwks)
+                    .map(|path| Keys::File(Arc::new(JwksFile::open(&path).0)))
+            }
         }
         (None, Some(secret)) => {
             for (alg, loc) in alg_locs.iter().filter(|(a, _)| !a.is_hmac()) {
@@ -793,5 +819,33 @@ impl Builders {
                 })
                 .collect(),
         )
+    }
+}
+
+/// `jwksUrl` (and its `caFile`): checked now, fetched by the refresher once in force.
+fn jwks_url(
+    d: &mut Diagnostics,
+    cname: &str,
+    url: &Spanned<String>,
+    ca: Option<&Spanned<String>>,
+) -> Option<Keys> {
+    let parsed = match crate::credentials::HttpsUrl::parse(&url.value) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            d.at(&url.referenced, format!("credential `{cname}`: {e}"));
+            None
+        }
+    };
+    let ca_path = match ca {
+        Some(ca) => Some(absolute(d, cname, "caFile", ca)?),
+        None => None,
+    };
+    match crate::credentials::JwksUrl::new(parsed?, ca_path.as_deref()) {
+        Ok(j) => Some(Keys::Url(Arc::new(j))),
+        Err(e) => {
+            let at = ca.map_or(&url.referenced, |c| &c.referenced);
+            d.at(at, format!("credential `{cname}`: {e}"));
+            None
+        }
     }
 }

@@ -104,12 +104,29 @@ pub(super) struct RuleFile {
     pub inject: Option<Spanned<InjectFile>>,
 }
 
-/// A rule's `inject`: replace a header of allowed requests with a value read from a file.
+/// A rule's `inject`: replace a header of allowed requests with a value read from a file or
+/// obtained from an OAuth2 token endpoint (exactly one of `file` and `oauth2`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InjectFile {
     pub header: Spanned<String>,
-    pub file: Spanned<String>,
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub oauth2: Option<Spanned<OAuth2File>>,
+}
+
+/// `inject.oauth2`: the client-credentials grant (RFC 6749 §4.4).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct OAuth2File {
+    pub token_url: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub client_secret_file: Spanned<String>,
+    #[serde(default)]
+    pub scope: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// A credential: one struct for both kinds, so that a field given for the wrong kind is
@@ -123,6 +140,8 @@ pub(super) struct CredentialFile {
     pub audience: Option<Spanned<String>>,
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub jwks_file: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub leeway: Option<Spanned<String>>,
     pub max_lifetime: Option<Spanned<String>>,

@@ -345,6 +345,11 @@ impl Rule {
         self.inject.as_deref()
     }
 
+    /// The same, shared: for the task that keeps an OAuth2 token fresh.
+    pub fn shared_injection(&self) -> Option<&Arc<crate::credentials::Injection>> {
+        self.inject.as_ref()
+    }
+
     pub fn requirement(&self) -> Option<&Requirement> {
         self.require.as_ref()
     }

@@ -235,8 +235,18 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             && decision.verdict == Verdict::Allow
             && let Some(injection) = decision.rule.and_then(|r| r.injection())
         {
-            req.replace_header(injection.header(), injection.value().expose());
-            record.injected = Some(injection.header().into());
+            match injection.value() {
+                Some(value) => {
+                    req.replace_header(injection.header(), value.expose());
+                    record.injected = Some(injection.header().into());
+                }
+                // No OAuth2 token yet: forwarding would send the client's header, or none.
+                None => {
+                    record.decision = audit::Verdict::Deny;
+                    record.reason = "injected credential unavailable";
+                    refusal = Some((503, None));
+                }
+            }
         }
         if let Some((status, challenge)) = refusal {
             let error = match status {

@@ -18,8 +18,8 @@ fn one_final_line_break_is_not_part_of_the_value() {
         let path = file(name, content);
         let injection = Injection::load("Authorization", &path).unwrap();
         assert_eq!(injection.header(), "authorization");
-        assert_eq!(injection.value().expose(), b"Bearer abc", "{name}");
-        assert_eq!(format!("{:?}", injection.value()), "<redacted>");
+        assert_eq!(injection.value().unwrap().expose(), b"Bearer abc", "{name}");
+        assert_eq!(format!("{:?}", injection.value().unwrap()), "<redacted>");
         assert!(!format!("{injection:?}").contains("abc"), "{injection:?}");
         fs::remove_file(path).unwrap();
     }
@@ -62,12 +62,12 @@ fn a_changed_file_is_reread_and_a_bad_change_keeps_the_last_value() {
     assert_eq!(injection.refresh_if_changed(), None, "unchanged");
     fs::write(&path, b"two-longer\n").unwrap();
     assert_eq!(injection.refresh_if_changed(), Some(Ok(())));
-    assert_eq!(injection.value().expose(), b"two-longer");
+    assert_eq!(injection.value().unwrap().expose(), b"two-longer");
     fs::write(&path, b"bad\x7fvalue").unwrap();
     assert_eq!(
         injection.refresh_if_changed(),
         Some(Err(InjectError::NotAHeaderValue { path: path.clone() }))
     );
-    assert_eq!(injection.value().expose(), b"two-longer");
+    assert_eq!(injection.value().unwrap().expose(), b"two-longer");
     fs::remove_file(path).unwrap();
 }

@@ -766,7 +766,7 @@ fn syntax_errors_in_the_credentials_section() {
             "unknown field",
             format!("{HEAD}credentials:\n  a:\n    kind: jwt\n    isuer: x\n"),
             "test.yaml:9:5: unknown field `isuer`, expected one of kind, issuer, audience, \
-             algorithms, jwksFile, secretFile, leeway, maxLifetime, maxTokenBytes, \
+             algorithms, jwksFile, jwksUrl, caFile, secretFile, leeway, maxLifetime, maxTokenBytes, \
              boundSubjects, header, query, keys, keysFile, boundTo, bindOnFirstUse",
         ),
         (
@@ -900,4 +900,140 @@ fn decide_policy_text() -> &'static str {
 
 fn decide_policy_str() -> &'static str {
     super::decide_policy()
+}
+
+#[test]
+fn oauth2_injection_errors_with_their_place() {
+    let f = files();
+    let dir = f.dir.0.display();
+    let secret = f.dir.0.join("client-secret");
+    fs::write(&secret, "s3cret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let open = f.dir.0.join("open-secret");
+    fs::write(&open, "s3cret\n").unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    let rule = |id: &str, inject: &str| {
+        format!(
+            "  - id: {id}\n    from: [billing]\n    to: api\n    methods: [GET]\n    paths: [/]\n    \
+             inject:\n      header: Authorization\n{inject}"
+        )
+    };
+    let text = format!(
+        "{HEAD}rules:\n{}{}{}{}{}{}",
+        rule(
+            "plain",
+            &format!(
+                "      oauth2:\n        tokenUrl: http://auth.internal/token\n        \
+                 clientId: billing\n        clientSecretFile: {}\n",
+                secret.display()
+            )
+        ),
+        rule(
+            "open",
+            &format!(
+                "      oauth2:\n        tokenUrl: https://auth.internal/token\n        \
+                 clientId: billing\n        clientSecretFile: {}\n",
+                open.display()
+            )
+        ),
+        rule(
+            "noca",
+            &format!(
+                "      oauth2:\n        tokenUrl: https://auth.internal/token\n        \
+                 clientId: billing\n        clientSecretFile: {}\n        caFile: {dir}/none.pem\n",
+                secret.display()
+            )
+        ),
+        rule(
+            "both",
+            &format!(
+                "      file: {}\n      oauth2:\n        tokenUrl: https://a/t\n        \
+                 clientId: b\n        clientSecretFile: {}\n",
+                secret.display(),
+                secret.display()
+            )
+        ),
+        rule("neither", ""),
+        rule(
+            "good",
+            &format!(
+                "      oauth2:\n        tokenUrl: https://auth.internal/token\n        \
+                 clientId: billing\n        clientSecretFile: {}\n        scope: \"payments:write\"\n",
+                secret.display()
+            )
+        ),
+    );
+    let open = open.display();
+    let want = [
+        "test.yaml:15:19: rule `plain`: URL must use https://".to_owned(),
+        format!(
+            "test.yaml:28:27: rule `open`: {open} is readable by group or others (mode 644): it must be 0600"
+        ),
+        format!(
+            "test.yaml:40:17: rule `noca`: cannot read {dir}/none.pem: No such file or directory (os error 2)"
+        ),
+        "test.yaml:48:13: rule `both`: `inject` takes either `file` or `oauth2`, not both"
+            .to_owned(),
+        "test.yaml:59:15: rule `neither`: `inject` needs `file` or `oauth2` for its value"
+            .to_owned(),
+    ];
+    let got = diagnostics(&text);
+    let got: Vec<&str> = got.lines().collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    assert_eq!(got, want, "{text}");
+}
+
+#[test]
+fn jwks_url_errors_with_their_place() {
+    let f = files();
+    let dir = f.dir.0.display();
+    let text = format!(
+        "{HEAD}credentials:
+  plain:
+    kind: jwt
+    issuer: https://i
+    audience: api
+    algorithms: [ES256]
+    jwksUrl: http://sso.internal/jwks.json
+  both:
+    kind: jwt
+    issuer: https://i
+    audience: api
+    algorithms: [ES256]
+    jwksFile: {dir}/sso.json
+    jwksUrl: https://sso.internal/jwks.json
+  noca:
+    kind: jwt
+    issuer: https://i
+    audience: api
+    algorithms: [ES256]
+    jwksUrl: https://sso.internal/jwks.json
+    caFile: {dir}/none.pem
+  stray:
+    kind: jwt
+    issuer: https://i
+    audience: api
+    algorithms: [ES256]
+    jwksFile: {dir}/sso.json
+    caFile: {dir}/none.pem
+  good:
+    kind: jwt
+    issuer: https://i
+    audience: api
+    algorithms: [ES256]
+    jwksUrl: https://sso.internal/jwks.json
+"
+    );
+    let want = [
+        "test.yaml:12:14: credential `plain`: URL must use https://".to_owned(),
+        "test.yaml:19:14: credential `both`: give `jwksFile` or `jwksUrl`, not both (file at 18:15)".to_owned(),
+        format!(
+            "test.yaml:26:13: credential `noca`: cannot read {dir}/none.pem: No such file or directory (os error 2)"
+        ),
+        "test.yaml:33:13: credential `stray`: `caFile` applies to `jwksUrl` only".to_owned(),
+    ];
+    let got = diagnostics(&text);
+    let got: Vec<&str> = got.lines().collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    assert_eq!(got, want, "{text}");
 }
