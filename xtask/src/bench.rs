@@ -1,95 +1,93 @@
-//! `cargo xtask bench`: what the redirect costs, measured against baselines in the same run.
+//! `cargo xtask bench`: what the enforcer costs, measured against baselines in one run.
 //!
-//! 1. Connect rate to an unprotected destination from a process in a test cgroup, with the
-//!    programs attached (an agent running) vs detached (no agent): the toll every connect that
-//!    is not an API call pays.
-//! 2. One keep-alive connection relayed by the agent vs a direct one to the same echo
-//!    upstream: round-trip latency (`probe pingpong`) and throughput (`probe stream`).
+//! Three parts, run in this order (`--only` picks some):
+//! - `redirect` ([`redirect`]): the kernel redirect and the TCP relay: connect rate of
+//!   unprotected destinations with the programs attached vs detached, and a relayed keep-alive
+//!   connection vs a direct one. Writes `target/bench/redirect.json`.
+//! - `decide` ([`decide`]): `Policy::decide` at 10, 1 000 and 10 000 rules, timed in a release
+//!   build (`enforcer/examples/decide_bench.rs`).
+//! - `http` ([`http`]): keep-alive HTTP through the enforcer vs direct vs HAProxy with the
+//!   same rules, driven by wrk against nginx.
 //!
-//! Baseline and measured rounds alternate, so drift on a shared VM hits both alike, and
-//! medians are reported. Prints a table and writes it as JSON to `target/bench/redirect.json`.
-//!
-//! Placement: by default the probe, the upstreams and the agent all run on CPU 0. On this
-//! project's VMs (nested virtualisation) a wakeup across vCPUs costs tens of microseconds, and
-//! a redirected round trip with the agent on another CPU makes four of them where a direct one
-//! makes none: the comparison would measure the VM, not the relay. On one CPU both sides pay
-//! only for their own work and context switches, and the rounds are steadier too.
+//! `decide` and `http` write `target/bench/http.json`. Every number is a median of interleaved
+//! rounds, reported with ratios to its baseline in the same run.
+
+mod decide;
+mod http;
+mod redirect;
 
 use std::{
     fs, io,
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
-    thread::{self, JoinHandle},
+    io::Read,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use enforcer_tests::{Agent, Cgroup, Server};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Rounds of each kind (baseline and measured, interleaved); medians are reported.
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(3..))]
-    rounds: u32,
-    /// Seconds each connect-rate round lasts.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
-    connect_secs: u64,
-    /// Request/response round trips per pingpong round.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
-    round_trips: u64,
-    /// Bytes per pingpong message, each way.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    message_bytes: u64,
-    /// MiB sent (and echoed back) per stream round.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    stream_mib: u64,
-    /// CPU of the probe client.
-    #[arg(long, default_value_t = 0)]
-    client_cpu: usize,
-    /// CPU of the upstreams: the echo server and the connect-rate sink.
-    #[arg(long, default_value_t = 0)]
-    upstream_cpu: usize,
-    /// CPU of the agent.
-    #[arg(long, default_value_t = 0)]
-    agent_cpu: usize,
+    /// Run only these parts, comma-separated (default: all, in the order redirect, decide,
+    /// http).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    #[command(flatten)]
+    redirect: redirect::RedirectArgs,
+    #[command(flatten)]
+    http: http::HttpArgs,
 }
 
-/// The project's goal for the connect rate of unprotected destinations, attached/detached.
-const CONNECT_RATE_GOAL: f64 = 0.98;
-
-/// Time a probe gets beyond its nominal work before it counts as hung.
-const PROBE_SLACK: Duration = Duration::from_secs(60);
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Connect rate and TCP relay (`target/bench/redirect.json`).
+    Redirect,
+    /// `Policy::decide` time at 10, 1 000 and 10 000 rules.
+    Decide,
+    /// Keep-alive HTTP: direct vs enforcer vs HAProxy.
+    Http,
+}
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let wants = |part| args.only.is_empty() || args.only.contains(&part);
+    let privileged = wants(Part::Redirect) || wants(Part::Http);
     // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
+    if privileged && unsafe { libc::geteuid() } != 0 {
         bail!(
             "cargo xtask bench must run as root: it attaches BPF programs to a cgroup \
-             (try `sudo -E cargo xtask bench`)"
+             (try `sudo -E cargo xtask bench`, or `--only decide`)"
         );
     }
     ensure!(
-        enforcer_tests::cgroup2_root().is_some(),
+        !privileged || enforcer_tests::cgroup2_root().is_some(),
         "no cgroup v2 mount in /proc/self/mountinfo"
     );
-    crate::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-tests",
-        "--bins",
-    ])?;
+    let started = Instant::now();
+    if privileged {
+        crate::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "enforcer",
+            "-p",
+            "enforcer-tests",
+            "--bins",
+        ])?;
+    }
+    if wants(Part::Decide) {
+        crate::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "enforcer",
+            "--example",
+            "decide_bench",
+        ])?;
+    }
     let root = crate::workspace_root();
-    let cpus = thread::available_parallelism().map_or(0, usize::from);
     let busy = busy_share(Duration::from_secs(1))?;
     if busy > 0.1 {
         eprintln!(
@@ -97,482 +95,61 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             busy * 100.0
         );
     }
-    let started = Instant::now();
 
-    // Threads and processes inherit the affinity of the thread that creates them: the
-    // upstreams' threads are started while this thread is on the upstream CPU, the probes and
-    // the agent later, from the client CPU (the agent moves once it is ready).
-    pin(0, args.upstream_cpu).context("pin to --upstream-cpu")?;
-    let sink = Sink::start()?;
-    let echo = Server::echo("127.0.0.1:0");
-    pin(0, args.client_cpu).context("pin to --client-cpu")?;
-    // Protecting the echo upstream (same IP as the sink, other port) sends the sink's
-    // connects down connect4's longest passing path: the prefix matches, the port does not.
-    // `protocol: tcp`: the echo exchange is not HTTP, so the agent relays it unread.
-    let policy = format!(
-        "version: 1\nservices:\n  bench-echo:\n    protocol: tcp\n    endpoints: [\"{}\"]\n",
-        echo.addr
-    );
-    let cgroup = Cgroup::new();
-    let ctx = Ctx {
-        args: &args,
-        enforcer: root.join("target/release/enforcer"),
-        probe: root.join("target/release/probe"),
-        cgroup: &cgroup,
-        policy: &policy,
+    if wants(Part::Redirect) {
+        redirect::run(&args.redirect, &root, busy)?;
+    }
+    let decide = if wants(Part::Decide) {
+        let report = decide::run(&root, args.http.server_cpu())?;
+        Some(report)
+    } else {
+        None
     };
-
-    let mut rows = vec![connect_rate(&ctx, sink.addr)?];
-    rows.extend(relay(&ctx, echo.addr)?);
-
-    let placement = format!(
-        "probe client on CPU {}, upstreams (echo server, connect-rate sink) on CPU {}, agent \
-         on CPU {}, for baseline and measured alike",
-        args.client_cpu, args.upstream_cpu, args.agent_cpu
+    let http = if wants(Part::Http) {
+        Some(http::run(&args.http, &root, busy)?)
+    } else {
+        None
+    };
+    if decide.is_some() || http.is_some() {
+        let report = json!({
+            "kernel": kernel(),
+            "cpus": cpus(),
+            "busy_before_start": busy,
+            "decide": decide,
+            "http": http,
+        });
+        write_report(&root.join("target/bench/http.json"), &report)?;
+    }
+    println!(
+        "\ncargo xtask bench: {:.0} s in all (builds included)",
+        started.elapsed().as_secs_f64()
     );
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let header = [
-        format!(
-            "enforcer redirect bench: kernel {}, {cpus} CPUs ({:.0}% busy before start), \
-             measured in {:.0} s",
-            kernel.trim(),
-            busy * 100.0,
-            started.elapsed().as_secs_f64()
-        ),
-        format!("placement: {placement}"),
-        format!(
-            "{} rounds of each kind, interleaved; medians; round ratios: median (min..max) of \
-             measured/baseline per round; connect rounds {} s, pingpong {} x {} B, stream {} MiB",
-            args.rounds, args.connect_secs, args.round_trips, args.message_bytes, args.stream_mib
-        ),
-    ];
-    println!("{}\n", header.join("\n"));
-    print_table(&rows);
-
-    let report = json!({
-        "kernel": kernel.trim(),
-        "cpus": cpus,
-        "busy_before_start": busy,
-        "placement": placement,
-        "args": {
-            "rounds": args.rounds,
-            "connect_secs": args.connect_secs,
-            "round_trips": args.round_trips,
-            "message_bytes": args.message_bytes,
-            "stream_mib": args.stream_mib,
-            "client_cpu": args.client_cpu,
-            "upstream_cpu": args.upstream_cpu,
-            "agent_cpu": args.agent_cpu,
-        },
-        "metrics": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-    });
-    let out = root.join("target/bench/redirect.json");
-    fs::create_dir_all(out.parent().expect("file in a directory"))
-        .with_context(|| format!("mkdir for {}", out.display()))?;
-    fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("write {}", out.display()))?;
-    println!("\nwritten to {}", out.display());
     Ok(())
 }
 
-/// What every measurement shares.
-struct Ctx<'a> {
-    args: &'a Args,
-    enforcer: PathBuf,
-    probe: PathBuf,
-    cgroup: &'a Cgroup,
-    policy: &'a str,
+fn kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
-impl Ctx<'_> {
-    /// Start the agent on the test cgroup and move all its threads to the agent CPU. Threads
-    /// it starts later (tokio's blocking pool) inherit that from the workers that start them.
-    /// It starts from this thread, pinned to one CPU, so tokio sizes its runtime for one CPU,
-    /// as it would under `taskset`.
-    fn agent(&self) -> anyhow::Result<Agent> {
-        let agent = Agent::spawn(&self.enforcer, self.cgroup, self.policy, &[]);
-        let tasks = format!("/proc/{}/task", agent.pid());
-        for task in fs::read_dir(&tasks).with_context(|| format!("list {tasks}"))? {
-            let tid: libc::pid_t = task?
-                .file_name()
-                .to_string_lossy()
-                .parse()
-                .context("task id in /proc")?;
-            pin(tid, self.args.agent_cpu).with_context(|| format!("pin agent thread {tid}"))?;
-        }
-        Ok(agent)
-    }
-
-    /// The probe command, in the test cgroup or not.
-    fn probe(&self, in_cgroup: bool) -> Command {
-        if in_cgroup {
-            self.cgroup.command(&self.probe)
-        } else {
-            Command::new(&self.probe)
-        }
-    }
+/// CPUs online. (Not `available_parallelism`, which counts the calling thread's affinity,
+/// and the parts pin this thread.)
+fn cpus() -> usize {
+    // SAFETY: plain libc call.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
-/// Part 1: connects/s to the sink from inside the cgroup, nothing attached vs an agent
-/// attached whose policy does not cover the sink.
-fn connect_rate(ctx: &Ctx, sink: SocketAddr) -> anyhow::Result<Row> {
-    let secs = ctx.args.connect_secs;
-    let limit = Duration::from_secs(secs) + PROBE_SLACK;
-    let mut row = Row::new(
-        "connect rate, unprotected destination",
-        "connects/s",
-        ("detached", "attached"),
-    );
-    let mut errors = [0, 0];
-    for round in 1..=ctx.args.rounds {
-        for attached in [false, true] {
-            let agent = attached.then(|| ctx.agent()).transpose()?;
-            let out = run_probe(
-                ctx.probe(true)
-                    .args(["connect-rate", &sink.to_string(), &secs.to_string()]),
-                limit,
-            )?;
-            let connects = num(&out, "connects")? as u64;
-            errors[usize::from(attached)] += num(&out, "errors")? as u64;
-            row.side(attached).push(num(&out, "per_second")?);
-            if let Some(mut agent) = agent {
-                // Proof that the round measured what it claims: connect4 saw every connect
-                // and let it through.
-                let (_, counters) = agent.stop();
-                let passed = counters["passed"].as_u64().unwrap_or(0);
-                ensure!(
-                    passed >= connects && counters["redirected"] == 0,
-                    "attached round {round}: the probe made {connects} connects but \
-                     connect4 passed {passed}: {counters}"
-                );
-            }
-        }
-        let (detached, attached) = row.latest();
-        eprintln!(
-            "connect rate {round}/{}: detached {detached:.0}/s, attached {attached:.0}/s",
-            ctx.args.rounds
-        );
-    }
-    let (detached, attached) = row.medians();
-    let verdict = |ratio: f64| {
-        if ratio >= CONNECT_RATE_GOAL {
-            "met"
-        } else {
-            "NOT met"
-        }
-    };
-    let paired = median(&row.round_ratios());
-    row.notes.push(format!(
-        "goal attached/detached >= {CONNECT_RATE_GOAL}: ratio of medians {:.3} {}, median \
-         round ratio {paired:.3} {}",
-        attached / detached,
-        verdict(attached / detached),
-        verdict(paired)
-    ));
-    let programs = program_time(ctx, sink)?;
-    let ns_per_connect: f64 = programs.iter().map(|p| p.runs * p.ns_per_run).sum();
-    // The ratio if the programs' time were the whole cost (the hooks' dispatch is not in the
-    // statistics).
-    let detached_ns = 1e9 / detached;
-    let implied = detached_ns / (detached_ns + ns_per_connect);
-    row.notes.push(format!(
-        "kernel programs' own time: {ns_per_connect:.0} ns per connect ({}), implied ratio \
-         {implied:.3}",
-        programs
-            .iter()
-            .map(|p| format!("{} {:.1} x {:.0} ns", p.name, p.runs, p.ns_per_run))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    row.details = json!({
-        "program_ns_per_connect": ns_per_connect,
-        "implied_ratio": implied,
-        "programs": programs.iter().map(|p| json!({
-            "name": p.name,
-            "runs_per_connect": p.runs,
-            "ns_per_run": p.ns_per_run,
-        })).collect::<Vec<_>>(),
-    });
-    if errors != [0, 0] {
-        row.notes.push(format!(
-            "failed connects: {} detached, {} attached",
-            errors[0], errors[1]
-        ));
-    }
-    Ok(row)
-}
-
-/// One attached program's share of a connect.
-struct ProgramTime {
-    name: String,
-    /// Runs per connect.
-    runs: f64,
-    ns_per_run: f64,
-}
-
-/// What each attached program costs per connect, from the kernel's BPF run-time statistics:
-/// precise where the rate ratio is blurred by VM noise at the percent level. Taken in one
-/// extra attached round, as keeping the statistics costs a little time of its own.
-fn program_time(ctx: &Ctx, sink: SocketAddr) -> anyhow::Result<Vec<ProgramTime>> {
-    let _stats = enable_bpf_stats()?;
-    // Loaded after the statistics were enabled, the programs count this round only.
-    let agent = ctx.agent()?;
-    let secs = ctx.args.connect_secs;
-    let out = run_probe(
-        ctx.probe(true)
-            .args(["connect-rate", &sink.to_string(), &secs.to_string()]),
-        Duration::from_secs(secs) + PROBE_SLACK,
-    )?;
-    let attempts = num(&out, "connects")? + num(&out, "errors")?;
-    let mut programs = Vec::new();
-    for id in enforcer_tests::attached_program_ids(ctx.cgroup.path()) {
-        let show = Command::new("bpftool")
-            .args(["-j", "prog", "show", "id", &id.to_string()])
-            .output()
-            .context("run bpftool (`cargo xtask setup` installs it)")?;
-        let info: Value = serde_json::from_slice(&show.stdout)
-            .with_context(|| format!("bpftool prog show id {id}: {show:?}"))?;
-        // bpftool leaves out counters that are zero.
-        let stat = |field: &str| info[field].as_f64().unwrap_or(0.0);
-        let (runs, ns) = (stat("run_cnt"), stat("run_time_ns"));
-        if runs > 0.0 {
-            programs.push(ProgramTime {
-                name: info["name"].as_str().unwrap_or("?").to_string(),
-                runs: runs / attempts,
-                ns_per_run: ns / runs,
-            });
-        }
-    }
-    drop(agent);
-    ensure!(
-        !programs.is_empty(),
-        "no attached program ran during the statistics round"
-    );
-    Ok(programs)
-}
-
-/// Turn the kernel's BPF run-time statistics on for as long as the returned descriptor is
-/// open. Unlike the `kernel.bpf_stats_enabled` sysctl this reverts by itself, even if this
-/// process is killed.
-fn enable_bpf_stats() -> anyhow::Result<OwnedFd> {
-    // From enum bpf_cmd and enum bpf_stats_type in linux/bpf.h (kernel >= 5.8).
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    const BPF_STATS_RUN_TIME: u32 = 0;
-    let attr = BPF_STATS_RUN_TIME;
-    // SAFETY: bpf(2) reads `size` bytes at the pointer, here a live u32 (the kernel zero-fills
-    // the rest of its union).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_ENABLE_STATS,
-            &raw const attr,
-            size_of::<u32>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("enable BPF run-time statistics");
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Part 2: the same keep-alive exchange with the echo upstream, direct (probe outside the
-/// cgroup) vs redirected (inside it, relayed by the agent).
-fn relay(ctx: &Ctx, echo: SocketAddr) -> anyhow::Result<Vec<Row>> {
-    let a = ctx.args;
-    let labels = ("direct", "redirected");
-    let mut p50 = Row::new("pingpong p50 latency", "us", labels);
-    let mut p99 = Row::new("pingpong p99 latency", "us", labels);
-    let mut rate = Row::new("pingpong rate", "round trips/s", labels);
-    let mut stream = Row::new("stream throughput", "MiB/s", labels);
-    (p50.added, p99.added) = (true, true);
-    let echo = echo.to_string();
-    // Far slower than any working relay: only a hung one reaches these.
-    let pingpong_limit = PROBE_SLACK + Duration::from_millis(a.round_trips);
-    let stream_limit = PROBE_SLACK + Duration::from_millis(100 * a.stream_mib);
-
-    let mut agent = ctx.agent()?;
-    for round in 1..=a.rounds {
-        for redirected in [false, true] {
-            let out = run_probe(
-                ctx.probe(redirected).args([
-                    "pingpong",
-                    &echo,
-                    &a.round_trips.to_string(),
-                    &a.message_bytes.to_string(),
-                ]),
-                pingpong_limit,
-            )?;
-            p50.side(redirected).push(num(&out, "p50_us")?);
-            p99.side(redirected).push(num(&out, "p99_us")?);
-            rate.side(redirected).push(num(&out, "per_second")?);
-        }
-        for redirected in [false, true] {
-            let out = run_probe(
-                ctx.probe(redirected)
-                    .args(["stream", &echo, &a.stream_mib.to_string()]),
-                stream_limit,
-            )?;
-            ensure!(
-                out["intact"] == true,
-                "stream round {round} ({}): the echo differs from what was sent: {out}",
-                if redirected { "redirected" } else { "direct" }
-            );
-            stream.side(redirected).push(num(&out, "mib_per_second")?);
-        }
-        let ((p50_direct, p50_redirected), (mib_direct, mib_redirected)) =
-            (p50.latest(), stream.latest());
-        eprintln!(
-            "relay {round}/{}: p50 {p50_direct:.1} / {p50_redirected:.1} us, stream \
-             {mib_direct:.0} / {mib_redirected:.0} MiB/s (direct / redirected)",
-            a.rounds
-        );
-    }
-    // Proof that exactly the redirected runs went through the agent.
-    let (_, counters) = agent.stop();
-    let expected = u64::from(a.rounds) * 2;
-    ensure!(
-        counters["redirected"] == expected
-            && counters["accepted"] == expected
-            && counters["upstream_failed"] == 0,
-        "expected {expected} relayed connections (one per redirected probe), the agent \
-         counted {counters}"
-    );
-    Ok(vec![p50, p99, rate, stream])
-}
-
-/// One metric: per-round values of the baseline and of the measured configuration.
-struct Row {
-    metric: &'static str,
-    unit: &'static str,
-    labels: (&'static str, &'static str),
-    baseline: Vec<f64>,
-    measured: Vec<f64>,
-    /// Latency: also report measured - baseline.
-    added: bool,
-    notes: Vec<String>,
-    /// Anything else worth keeping in the JSON.
-    details: Value,
-}
-
-impl Row {
-    fn new(metric: &'static str, unit: &'static str, labels: (&'static str, &'static str)) -> Self {
-        Self {
-            metric,
-            unit,
-            labels,
-            baseline: Vec::new(),
-            measured: Vec::new(),
-            added: false,
-            notes: Vec::new(),
-            details: Value::Null,
-        }
-    }
-
-    /// The measured rounds, or the baseline ones.
-    fn side(&mut self, measured: bool) -> &mut Vec<f64> {
-        if measured {
-            &mut self.measured
-        } else {
-            &mut self.baseline
-        }
-    }
-
-    /// measured / baseline of each round: a pair ran back to back, so slow drift cancels.
-    fn round_ratios(&self) -> Vec<f64> {
-        self.measured
-            .iter()
-            .zip(&self.baseline)
-            .map(|(m, b)| m / b)
-            .collect()
-    }
-
-    /// The values of the round just run.
-    fn latest(&self) -> (f64, f64) {
-        let last = |v: &[f64]| *v.last().expect("a round ran");
-        (last(&self.baseline), last(&self.measured))
-    }
-
-    fn medians(&self) -> (f64, f64) {
-        (median(&self.baseline), median(&self.measured))
-    }
-
-    fn to_json(&self) -> Value {
-        let (base, meas) = self.medians();
-        json!({
-            "metric": self.metric,
-            "unit": self.unit,
-            "baseline": { "name": self.labels.0, "median": base, "rounds": self.baseline },
-            "measured": { "name": self.labels.1, "median": meas, "rounds": self.measured },
-            "ratio": meas / base,
-            "round_ratios": self.round_ratios(),
-            "added": self.added.then_some(meas - base),
-            "notes": self.notes,
-            "details": self.details,
-        })
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let mut table = vec![
-        [
-            "metric",
-            "baseline",
-            "measured",
-            "ratio",
-            "added",
-            "round ratios",
-        ]
-        .map(String::from),
-    ];
-    for row in rows {
-        let (base, meas) = row.medians();
-        let ratios = row.round_ratios();
-        let (min, max) = min_max(&ratios);
-        table.push([
-            format!("{} ({})", row.metric, row.unit),
-            format!("{} {}", row.labels.0, fmt_value(base)),
-            format!("{} {}", row.labels.1, fmt_value(meas)),
-            format!("{:.3}", meas / base),
-            if row.added {
-                format!("{:+.1}", meas - base)
-            } else {
-                String::new()
-            },
-            format!("{:.3} ({min:.3}..{max:.3})", median(&ratios)),
-        ]);
-    }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String; 6]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, &w))| {
-                if i == 0 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        padded.join("  ")
-    };
-    println!("{}", line(&table[0]));
-    for (row, cells) in rows.iter().zip(&table[1..]) {
-        println!("{}", line(cells));
-        for note in &row.notes {
-            println!("    {note}");
-        }
-    }
+/// Write `report` as pretty JSON to `out`, and say so.
+fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
+    fs::create_dir_all(out.parent().expect("file in a directory"))
+        .with_context(|| format!("mkdir for {}", out.display()))?;
+    fs::write(out, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
+    println!("\nwritten to {}", out.display());
+    Ok(())
 }
 
 /// Enough digits to compare, no more: microseconds keep one decimal, rates none.
@@ -588,7 +165,9 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    if v.len().is_multiple_of(2) {
+    if v.is_empty() {
+        f64::NAN
+    } else if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -629,50 +208,8 @@ fn busy_share(window: Duration) -> anyhow::Result<f64> {
     Ok(1.0 - (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64)
 }
 
-/// A number field of a probe report.
-fn num(report: &Value, field: &str) -> anyhow::Result<f64> {
-    report[field]
-        .as_f64()
-        .with_context(|| format!("probe report without a number `{field}`: {report}"))
-}
-
-/// Run a probe and parse its JSON report; kill it and fail after `limit`. (The harness's
-/// `run_probe` waits without a limit.)
-fn run_probe(cmd: &mut Command, limit: Duration) -> anyhow::Result<Value> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn probe")?;
-    let deadline = Instant::now() + limit;
-    // Polling wakes this thread, which shares the client CPU, ten times a second: negligible
-    // next to the probe, and the same for baseline and measured.
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("probe {cmd:?} still running after {limit:?}: killed");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "probe {cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "probe output is not JSON: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-/// Restrict thread `tid` (0: the calling thread) to `cpu`.
-fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
+/// A CPU set holding `cpu` alone.
+fn cpu_set(cpu: usize) -> io::Result<libc::cpu_set_t> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -683,6 +220,12 @@ fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `cpu` is within the set, checked above (CPU_SET does not check).
     unsafe { libc::CPU_SET(cpu, &mut set) };
+    Ok(set)
+}
+
+/// Restrict thread `tid` (0: the calling thread) to `cpu`.
+fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
+    let set = cpu_set(cpu)?;
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
     if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(io::Error::last_os_error());
@@ -690,61 +233,129 @@ fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Accepts connections and drops them: the cheapest upstream, so the connect rate measures
-/// the connecting side (the probe resets its end, so nothing lingers in TIME_WAIT).
-struct Sink {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// Make `cmd`'s process start restricted to `cpu` (its threads inherit that), as `taskset`.
+fn pin_command(cmd: &mut Command, cpu: usize) -> io::Result<&mut Command> {
+    let set = cpu_set(cpu)?;
+    // SAFETY: sched_setaffinity is a plain syscall, async-signal-safe, on a set copied into
+    // the closure before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    Ok(cmd)
 }
 
-impl Sink {
-    fn start() -> anyhow::Result<Self> {
-        let listener =
-            listen_deep(SocketAddr::from(([127, 0, 0, 1], 0))).context("listen for the sink")?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::Builder::new()
-            .name("sink".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Relaxed) {
-                        break;
-                    }
-                    drop(conn);
-                }
-            })
-            .context("spawn the sink thread")?;
+/// Every thread of process `pid` to `cpu`. Threads it starts later inherit the affinity of the
+/// thread that starts them.
+fn pin_process(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    let tasks = format!("/proc/{pid}/task");
+    for task in fs::read_dir(&tasks).with_context(|| format!("list {tasks}"))? {
+        let tid: libc::pid_t = task?
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .context("task id in /proc")?;
+        pin(tid, cpu).with_context(|| format!("pin thread {tid} of {pid} to CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
+/// A child process that is stopped (SIGTERM by its pid, then SIGKILL) when dropped, so an
+/// error or a panic anywhere leaves no server or load generator running.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
         Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
+            name: name.to_string(),
+            child: Some(child),
         })
     }
-}
 
-/// A listener with the deepest accept queue allowed: the connecting side outruns the sink
-/// whenever the sink is descheduled for a moment, and a full queue drops SYNs, which stalls a
-/// connect for the 1 s SYN retransmit (std's 128 fills in a few milliseconds).
-fn listen_deep(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.bind(&addr.into())?;
-    // Capped by net.core.somaxconn (4096 by default).
-    socket.listen(i32::MAX)?;
-    Ok(socket.into())
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        // Wake the accept loop so it sees the flag; if that fails, leave the thread be rather
-        // than wait forever.
-        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
-            && let Some(thread) = self.thread.take()
-        {
-            let _ = thread.join();
-        }
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
+
+    /// The exit status, if it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status.
+    fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: plain syscall on our own child, not yet reaped (so its pid is not reused).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("{} did not stop within {grace:?}: killed", self.name);
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// Run `cmd` to completion with its output captured; kill it and fail after `limit`.
+fn run_bounded(name: &str, cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    let mut proc = Proc::spawn(
+        name,
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let child = proc.child.as_mut().expect("just spawned");
+    // Drain both pipes while waiting, so a chatty child cannot block on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    // Polling wakes this thread ten times a second: negligible next to what it waits for.
+    let status = loop {
+        if let Some(status) = proc.exited() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            proc.stop(Duration::from_secs(1));
+            bail!("{name} ({cmd:?}) still running after {limit:?}: killed");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }

@@ -13,11 +13,16 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-30";
 /// distribution does not have (see DESIGN.md).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and benchmarks run: bpftool proves nothing is left attached,
-/// curl is a real client, haproxy the peer proxy the benchmarks compare with.
-const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+/// curl is a real client, haproxy the peer proxy the benchmarks compare with, nginx the
+/// benchmarks' HTTP upstream and wrk their load generator. (On a host booted with systemd,
+/// Debian starts the haproxy and nginx services on install; the benchmarks run their own
+/// instances on ports of their own and do not need them.)
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
