@@ -203,6 +203,28 @@ fn a_bearer_token_works_only_for_its_process_scope_and_lifetime() {
     for (name, user, request, want) in &cases {
         assert_eq!(ask(&cgroup, *user, u, request), *want, "{name}");
     }
+    // Same token, another executable (curl) in the same cgroup, as root.
+    let out = cgroup
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {good}"))
+        .arg(format!("http://{u}/v1/invoices/1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "another executable"
+    );
     assert_eq!(
         upstream.requests().len(),
         1,
