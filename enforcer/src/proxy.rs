@@ -87,6 +87,11 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
 }
 
 impl Relay {
+    /// Every request ends here with its record: the one place that reports a decision.
+    fn finish(&self, record: crate::audit::Record) {
+        self.audit.record(record);
+    }
+
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
         let dst = redirect::original_destination(&meta);
         let policy = self.store.current();

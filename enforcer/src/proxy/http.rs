@@ -148,7 +148,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     started,
                 )
                 .await;
-                return relay.audit.record(record);
+                return relay.finish(record);
             }
             Err(HeadFailure::Invalid(e)) => {
                 record.detail = Some(e.to_string());
@@ -160,7 +160,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.reason = "malformed request";
                     refuse(&mut client, 400, "bad request", None, &mut record, started).await;
                 }
-                return relay.audit.record(record);
+                return relay.finish(record);
             }
         };
         record.method = Some(req.method().as_str().to_owned());
@@ -263,7 +263,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 started,
             )
             .await;
-            relay.audit.record(record);
+            relay.finish(record);
             // A body we did not read would be taken for the next request: only a request
             // without one leaves the connection usable.
             if req.body() != Body::None || !req.keep_alive() {
@@ -286,7 +286,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.detail = Some(e.to_string());
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
                     refuse(&mut client, 502, "bad gateway", None, &mut record, started).await;
-                    return relay.audit.record(record);
+                    return relay.finish(record);
                 }
             },
         };
@@ -315,9 +315,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             record.decision = audit::Verdict::Reject;
             record.reason = "malformed request body";
             refuse(&mut client, 400, "bad request", None, &mut record, started).await;
-            return relay.audit.record(record);
+            return relay.finish(record);
         }
-        relay.audit.record(record);
+        relay.finish(record);
         match outcome.next {
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
