@@ -44,28 +44,46 @@ pub struct PortRange {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRanges {
     pub len: u32,
+    /// Bit `i` set: connects matching `ranges[i]` go to their destination untouched while no
+    /// agent is ready (`failMode: open`); clear: they are refused (`failMode: closed`).
+    pub fail_open: u32,
     pub ranges: [PortRange; MAX_PORT_RANGES],
 }
 
+/// What happens to a protected connect while no agent is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refused at once (`ECONNREFUSED`): nothing bypasses the policy.
+    Closed,
+    /// Sent to the original destination untouched, and counted.
+    Open,
+}
+
 impl PortRanges {
-    /// Whether `port` (host byte order) falls in one of the ranges.
+    /// The fail mode of the range `port` (host byte order) falls in, if it is protected.
     #[inline(always)]
-    pub fn contains(&self, port: u16) -> bool {
+    pub fn lookup(&self, port: u16) -> Option<FailMode> {
         // A fixed bound keeps the loop verifiable; `len` only cuts it short.
         let mut i = 0;
         while i < MAX_PORT_RANGES {
             if i as u32 >= self.len {
-                return false;
+                return None;
             }
             let r = self.ranges[i];
             if r.first <= port && port <= r.last {
-                return true;
+                return Some(if self.fail_open & (1 << i) != 0 {
+                    FailMode::Open
+                } else {
+                    FailMode::Closed
+                });
             }
             i += 1;
         }
-        false
+        None
     }
 }
+
+const _: () = assert!(MAX_PORT_RANGES <= u32::BITS as usize, "fail_open is a bit set");
 
 // === Agent configuration ===
 
@@ -75,10 +93,18 @@ pub const CONFIG_MAP: &str = "CONFIG";
 /// `AgentConfig::flags`: the agent has an IPv6 listener.
 pub const CONFIG_HAS_V6: u32 = 1;
 
+/// Version of the pinned maps' layout and meaning. A restarted agent adopts pinned maps only
+/// of its own version (and aya also refuses maps whose sizes differ); bump it whenever a map's
+/// key or value changes meaning, even at the same size.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Where redirected connects go, and who the agent is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentConfig {
+    /// [`LAYOUT_VERSION`] of the agent that wrote it; 0 in a map no agent has written yet.
+    pub layout: u32,
+    pub _pad: u32,
     /// The agent's process id (tgid). Connects made by any of its threads are never redirected.
     pub agent_tgid: u32,
     /// `CONFIG_*` bits.
@@ -91,6 +117,22 @@ pub struct AgentConfig {
     pub listen_port6_be: u16,
     /// IPv6 listener address.
     pub listen_ip6: Ip6Words,
+}
+
+// === Readiness ===
+
+/// Single-slot array: `CLOCK_BOOTTIME` in ns at the agent's last heartbeat; 0 once it stopped.
+/// The agent writes it every [`HEARTBEAT_INTERVAL_NS`]; programs treat the agent as down (and
+/// apply each destination's [`FailMode`]) when it is older than [`HEARTBEAT_TIMEOUT_NS`], so a
+/// killed or hung agent counts as down within that time.
+pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
+pub const HEARTBEAT_INTERVAL_NS: u64 = 200_000_000;
+pub const HEARTBEAT_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// Whether a heartbeat written at `beat` (boot ns) still vouches for the agent at `now`.
+#[inline(always)]
+pub const fn agent_ready(beat: u64, now: u64) -> bool {
+    beat != 0 && now.wrapping_sub(beat) < HEARTBEAT_TIMEOUT_NS
 }
 
 // === Connection records ===
@@ -160,16 +202,22 @@ pub enum Counter {
     MapFull = 4,
     /// A protected IPv6 connect was refused because the agent has no IPv6 listener.
     NoListener = 5,
+    /// No agent was ready: a connect to a `failMode: closed` destination was refused.
+    FailedClosed = 6,
+    /// No agent was ready: a connect to a `failMode: open` destination went direct.
+    FailedOpen = 7,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Redirected,
         Counter::Passed,
         Counter::AgentPassed,
         Counter::LookupMiss,
         Counter::MapFull,
         Counter::NoListener,
+        Counter::FailedClosed,
+        Counter::FailedOpen,
     ];
 
     /// Stable snake_case name, used in logs and metrics.
@@ -181,17 +229,34 @@ impl Counter {
             Counter::LookupMiss => "lookup_miss",
             Counter::MapFull => "map_full",
             Counter::NoListener => "no_listener",
+            Counter::FailedClosed => "failed_closed",
+            Counter::FailedOpen => "failed_open",
         }
     }
 }
 
-/// Number of slots in [`COUNTERS_MAP`].
-pub const COUNTERS_LEN: u32 = Counter::ALL.len() as u32;
+/// Number of slots in [`COUNTERS_MAP`]: room to add counters without changing the pinned
+/// map's size, so an agent with more counters still adopts it.
+pub const COUNTERS_LEN: u32 = 32;
+
+// === Pinning ===
+
+/// The maps a restarted agent adopts from the pin directory: every piece of state that must
+/// outlive one agent process. (The log ring buffer is the programs' own and is not pinned.)
+pub const PINNED_MAPS: [&str; 6] = [
+    PROTECTED_MAP,
+    CONFIG_MAP,
+    CONN_BY_COOKIE_MAP,
+    CONN_BY_CLIENT_MAP,
+    COUNTERS_MAP,
+    HEARTBEAT_MAP,
+];
 
 const _: () = {
     assert!(core::mem::size_of::<PortRange>() == 4);
-    assert!(core::mem::size_of::<PortRanges>() == 4 + 4 * MAX_PORT_RANGES);
-    assert!(core::mem::size_of::<AgentConfig>() == 32);
+    assert!(core::mem::size_of::<PortRanges>() == 8 + 4 * MAX_PORT_RANGES);
+    assert!(core::mem::size_of::<AgentConfig>() == 40);
+    assert!(Counter::ALL.len() <= COUNTERS_LEN as usize);
     assert!(core::mem::size_of::<ConnMeta>() == 72);
     assert!(core::mem::size_of::<ClientKey>() == 20);
 };
@@ -223,11 +288,20 @@ mod tests {
             first: 443,
             last: 443,
         };
-        assert!(r.contains(80));
-        assert!(!r.contains(443), "entries past len are ignored");
+        assert_eq!(r.lookup(80), Some(FailMode::Closed));
+        assert_eq!(r.lookup(443), None, "entries past len are ignored");
         r.len = 2;
-        assert!(r.contains(443));
-        assert!(!r.contains(81));
+        r.fail_open = 0b10;
+        assert_eq!(r.lookup(443), Some(FailMode::Open));
+        assert_eq!(r.lookup(80), Some(FailMode::Closed));
+        assert_eq!(r.lookup(81), None);
+    }
+
+    #[test]
+    fn heartbeat_expires() {
+        assert!(!agent_ready(0, 5), "never written");
+        assert!(agent_ready(10, 10 + HEARTBEAT_TIMEOUT_NS - 1));
+        assert!(!agent_ready(10, 10 + HEARTBEAT_TIMEOUT_NS));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! - `cgroup/connect4`, `cgroup/connect6`: a TCP connect whose destination is in `PROTECTED`
 //!   gets a [`ConnMeta`] recorded under its socket cookie and its destination rewritten to the
 //!   agent's listener. The agent's own connects (matched by tgid) and everything else pass.
+//!   While no agent is ready (its `HEARTBEAT` is older than `HEARTBEAT_TIMEOUT_NS`), the
+//!   destination's fail mode applies instead: closed refuses the connect with `ECONNREFUSED`,
+//!   open lets it go to the original destination.
 //! - `sockops`: when a redirected connection is established, re-key its record by the client's
 //!   address so the agent can find it from an accepted socket's peer address; drop the cookie
 //!   record when the socket closes.
@@ -24,7 +27,10 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+            bpf_set_retval,
+        },
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
@@ -36,7 +42,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use enforcer_common::{
     AgentConfig, CONFIG_HAS_V6, CONN_MAX_ENTRIES, COUNTERS_LEN, ClientKey, ConnMeta, Counter,
-    Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, is_v4_mapped, v4_mapped_from_be,
+    FailMode, Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, agent_ready, is_v4_mapped,
+    v4_mapped_from_be,
 };
 
 const AF_INET: u16 = 2;
@@ -45,8 +52,12 @@ const SOCK_STREAM: u32 = 1;
 
 /// cgroup/connect* and getpeername* return values.
 const ALLOW: i32 = 1;
-/// Makes connect() fail with EPERM.
+/// Makes connect() fail with EPERM (or the errno set by `bpf_set_retval`).
 const REFUSE: i32 = 0;
+/// linux/errno.h. Fail-closed connects get "connection refused", as when a server is not
+/// running: clients report and retry it as a transient outage, and it reads differently from
+/// EPERM, which remains the errno of a connect refused for good (no listener, map full).
+const ECONNREFUSED: i32 = 111;
 
 #[map(name = "PROTECTED")]
 static PROTECTED: LpmTrie<Ip6Words, PortRanges> =
@@ -66,6 +77,9 @@ static CONN_BY_CLIENT: LruHashMap<ClientKey, ConnMeta> =
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
+#[map(name = "HEARTBEAT")]
+static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -79,12 +93,36 @@ fn config() -> Option<&'static AgentConfig> {
     CONFIG.get(0)
 }
 
-/// Whether a connect to `ip`:`port_be` must go through the agent.
+/// The fail mode of `ip`:`port_be` if a connect to it must go through the agent.
 #[inline(always)]
-fn is_protected(ip: Ip6Words, port_be: u16) -> bool {
-    match PROTECTED.get(&Key::new(128, ip)) {
-        Some(ranges) => ranges.contains(u16::from_be(port_be)),
-        None => false,
+fn protection(ip: Ip6Words, port_be: u16) -> Option<FailMode> {
+    PROTECTED
+        .get(&Key::new(128, ip))
+        .and_then(|ranges| ranges.lookup(u16::from_be(port_be)))
+}
+
+/// Whether an agent has vouched for itself recently enough to be sent connects.
+#[inline(always)]
+fn agent_is_ready() -> bool {
+    let beat = HEARTBEAT.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without arguments.
+    agent_ready(beat, unsafe { bpf_ktime_get_boot_ns() })
+}
+
+/// A protected connect while no agent is ready: refuse it, or let it through untouched.
+#[inline(always)]
+fn agent_down(mode: FailMode) -> i32 {
+    match mode {
+        FailMode::Closed => {
+            count(Counter::FailedClosed);
+            // SAFETY: plain helper; connect4/6 may set their return value.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REFUSE
+        }
+        FailMode::Open => {
+            count(Counter::FailedOpen);
+            ALLOW
+        }
     }
 }
 
@@ -140,14 +178,16 @@ pub fn enf_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let orig_ip = v4_mapped_from_be(ip4_be);
-    if !is_protected(orig_ip, port_be) {
+    let Some(fail_mode) = protection(orig_ip, port_be) else {
         count(Counter::Passed);
         return ALLOW;
-    }
-    // Fail closed: with no configuration there is no agent to send the call to.
+    };
     let Some(cfg) = config() else {
         return REFUSE;
     };
+    if !agent_is_ready() {
+        return agent_down(fail_mode);
+    }
     if is_agent(cfg) {
         count(Counter::AgentPassed);
         return ALLOW;
@@ -184,13 +224,16 @@ pub fn enf_connect6(ctx: SockAddrContext) -> i32 {
     if sock_type != SOCK_STREAM {
         return ALLOW;
     }
-    if !is_protected(orig_ip, port_be) {
+    let Some(fail_mode) = protection(orig_ip, port_be) else {
         count(Counter::Passed);
         return ALLOW;
-    }
+    };
     let Some(cfg) = config() else {
         return REFUSE;
     };
+    if !agent_is_ready() {
+        return agent_down(fail_mode);
+    }
     if is_agent(cfg) {
         count(Counter::AgentPassed);
         return ALLOW;

@@ -57,6 +57,14 @@ enum Command {
     },
     /// Print what a policy decides for a request from a described process, and why.
     Explain(ExplainArgs),
+    /// Detach and remove every program, link and map the agent pinned. Stopping the agent
+    /// leaves them attached (protected destinations then follow their `failMode`) so that a
+    /// restart opens no gap; this is how to remove the enforcer from a host.
+    Uninstall {
+        /// The agent's `--pin-path`.
+        #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +120,11 @@ struct RunArgs {
     /// bind-on-first-use bindings.
     #[arg(long, default_value = "/var/lib/enforcer")]
     state_dir: PathBuf,
+    /// Directory on a BPF file system where programs' links and maps are pinned, so they
+    /// outlive the agent and a restarted agent adopts them. bpffs is mounted at /sys/fs/bpf if
+    /// nothing is. Agents enforcing different cgroups need different pin paths.
+    #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
 }
 
 fn main() {
@@ -121,6 +134,7 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Check { file } => check(&file),
         Command::Explain(args) => explain(args),
+        Command::Uninstall { pin_path } => uninstall(&pin_path),
     };
     if let Err(e) = result {
         eprintln!("enforcer: error: {e:#}");
@@ -179,8 +193,21 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn uninstall(pin_path: &std::path::Path) -> anyhow::Result<()> {
+    let removed = redirect::uninstall(pin_path)?;
+    info!(
+        event = "uninstalled",
+        pin_path = %pin_path.display(),
+        links = removed.links,
+        maps = removed.maps,
+        "enforcer uninstalled"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
         bail!("--connect-timeout must be a positive number of seconds");
     }
@@ -202,14 +229,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         v6: listen6,
     };
 
-    let destinations: Vec<_> = policy.destinations().map(|(_, d)| *d).collect();
     let kernel_log_level = if tracing::enabled!(tracing::Level::DEBUG) {
         aya_log::Level::Debug
     } else {
         aya_log::Level::Warn
     };
-    let (redirect, logger) = Redirect::attach(&cgroup, listeners, &destinations, kernel_log_level)
-        .context("cannot attach")?;
+    let (redirect, logger) = Redirect::install(
+        &cgroup,
+        &args.pin_path,
+        listeners,
+        &policy.protected(),
+        kernel_log_level,
+    )
+    .context("cannot attach")?;
     let redirect = Arc::new(redirect);
     if let Some(logger) = logger {
         tokio::spawn(forward_kernel_logs(logger));
@@ -236,7 +268,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
     });
-    // Every task holding the redirect, so shutdown can end them all before detaching.
+    // Every task serving connects, so shutdown can end them before the audit is flushed.
     let mut tasks = vec![tokio::spawn(reload::watch(
         args.policy.clone(),
         store,
@@ -257,18 +289,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Handlers first: a supervisor may signal as soon as it sees "ready".
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // The listeners accept from here on: vouch for the agent, and keep vouching.
+    redirect.beat().context("cannot write the heartbeat")?;
+    let heartbeat = tokio::spawn(heartbeat(redirect.clone()));
     info!(
         event = "ready",
         cgroup = %redirect.cgroup().display(),
         listen = %listen4,
         listen6 = listen6.map(tracing::field::display),
         services,
+        pin_path = %args.pin_path.display(),
+        adopted = redirect.adopted(),
+        startup_ms = started.elapsed().as_millis() as u64,
         "enforcer ready"
     );
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    // First of all, so new connects follow their fail mode at once rather than meet a
+    // listener that is closing. The programs stay attached for the next agent.
+    heartbeat.abort();
+    let _ = heartbeat.await;
+    if let Err(e) = redirect.stop_heartbeat() {
+        warn!(error = %e, "heartbeat not cleared: connects may meet a closed listener for 1 s");
     }
     for task in &tasks {
         task.abort();
@@ -281,9 +326,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("audit trail not flushed within 5 s: records may be lost");
     }
     let kernel = redirect.counters();
-    let redirect = Arc::into_inner(redirect)
-        .context("BUG: the redirect is still shared after its tasks ended")?;
-    drop(redirect);
     use std::sync::atomic::Ordering::Relaxed;
     let count = |name| {
         kernel
@@ -292,19 +334,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or(0, |(_, n)| *n)
     };
     info!(
-        event = "detached",
+        event = "stopped",
         redirected = count("redirected"),
         passed = count("passed"),
         agent_passed = count("agent_passed"),
         lookup_miss = count("lookup_miss"),
         map_full = count("map_full"),
         no_listener = count("no_listener"),
+        failed_closed = count("failed_closed"),
+        failed_open = count("failed_open"),
         accepted = stats.accepted.load(Relaxed),
         no_record = stats.no_record.load(Relaxed),
         upstream_failed = stats.upstream_failed.load(Relaxed),
-        "programs detached"
+        pin_path = %args.pin_path.display(),
+        "enforcer stopped; programs stay attached (`enforcer uninstall` removes them)"
     );
     Ok(())
+}
+
+/// Refresh the heartbeat. Runs on the same runtime as the accept loops, so an agent too
+/// stuck to run it is also too stuck to serve, and counts as down.
+async fn heartbeat(redirect: Arc<Redirect>) {
+    let mut tick = tokio::time::interval(Duration::from_nanos(
+        enforcer_common::HEARTBEAT_INTERVAL_NS,
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = redirect.beat() {
+            warn!(error = %e, "heartbeat not written: connects fail over to their fail mode");
+        }
+    }
 }
 
 /// Bind the IPv6 listener: the address given, or [::1] on the IPv4 listener's port. A host

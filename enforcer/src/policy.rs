@@ -107,6 +107,19 @@ pub struct Policy {
 pub struct Service {
     pub destinations: Vec<Destination>,
     pub protocol: Protocol,
+    pub fail_mode: FailMode,
+}
+
+/// `failMode`: what the kernel does with a connect to the service while no agent is ready
+/// (not started yet, restarting, killed, or hung for more than a second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// The connect fails at once with ECONNREFUSED: nothing bypasses the policy.
+    #[default]
+    Closed,
+    /// The connect goes to the original destination untouched (and is counted).
+    Open,
 }
 
 /// How the agent serves a service's connections.
@@ -218,6 +231,14 @@ impl Policy {
     }
 
     /// Every protected destination, with the service it belongs to.
+    /// Every protected destination with its service's fail mode: what the kernel is told.
+    pub fn protected(&self) -> Vec<(Destination, FailMode)> {
+        self.services
+            .values()
+            .flat_map(|s| s.destinations.iter().map(|d| (*d, s.fail_mode)))
+            .collect()
+    }
+
     pub fn destinations(&self) -> impl Iterator<Item = (&str, &Destination)> {
         self.services
             .iter()

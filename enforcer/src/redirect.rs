@@ -1,31 +1,47 @@
-//! Loads the kernel programs, attaches them to a cgroup and fills their maps.
+//! Loads the kernel programs, attaches them to a cgroup, pins them and fills their maps.
 //!
 //! Enforces: TCP connects from the cgroup toward a protected destination reach the agent's
-//! listener, never the destination directly, while a [`Redirect`] is alive. Reports: the
-//! kernel's record of each redirected connect ([`Redirect::take_record`]) and its counters.
-//! Dropping the [`Redirect`] detaches and unloads everything: nothing is pinned.
+//! listener, never the destination directly, while the agent's heartbeat is fresh; while it is
+//! not, each destination's fail mode applies (refused, or direct). Reports: the kernel's record
+//! of each redirected connect ([`Redirect::take_record`]) and its counters.
+//!
+//! Everything outlives the agent process: links and the maps that hold state are pinned under
+//! the pin directory (`maps/NAME`, `links/PROGRAM`), so stopping or killing the agent leaves
+//! the programs attached and failing safe. A new agent adopts the pinned maps and swaps its
+//! programs into the pinned links in place ([`Redirect::install`]); [`uninstall`] removes it
+//! all.
+
+mod link;
 
 use std::{
     collections::BTreeSet,
     fs::File,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::{
+        fd::AsFd as _,
+        unix::fs::{DirBuilderExt as _, MetadataExt as _},
+    },
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+        links::{FdLink, LinkError},
+    },
 };
 use enforcer_common::{
     AgentConfig, CONFIG_HAS_V6, CONFIG_MAP, CONN_BY_CLIENT_MAP, COUNTERS_MAP, ClientKey, ConnMeta,
-    Counter, Ip6Words, MAX_PORT_RANGES, PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange,
-    PortRanges,
+    Counter, HEARTBEAT_MAP, Ip6Words, LAYOUT_VERSION, MAX_PORT_RANGES, PINNED_MAPS,
+    PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange, PortRanges, agent_ready,
 };
+use tracing::{info, warn};
 
-use crate::policy::{Destination, Ports, Prefix};
+use crate::policy::{Destination, FailMode, Ports, Prefix};
 
 /// The kernel object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -43,6 +59,13 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
     "enf_connect4",
     "enf_connect6",
 ];
+
+/// Where the agent pins by default.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/enforcer";
+/// Where bpffs is conventionally mounted; the agent mounts it there if nothing is.
+const BPFFS: &str = "/sys/fs/bpf";
+/// linux/magic.h
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,6 +106,17 @@ pub enum Error {
     TooManyPortRanges { prefix: Prefix },
     #[error("more than {PROTECTED_MAX_ENTRIES} protected prefixes")]
     TooManyPrefixes,
+    #[error("pin path {}: {what}", path.display())]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pin path {}: not on a BPF file system (mount -t bpf bpf DIR)", path.display())]
+    NotBpffs { path: PathBuf },
+    #[error("pin path {}: agent pid {pid} is running on it; stop it first", path.display())]
+    InUse { path: PathBuf, pid: u32 },
 }
 
 /// Reader of the programs' aya-log records.
@@ -95,36 +129,57 @@ pub struct Listeners {
     pub v6: Option<SocketAddrV6>,
 }
 
-/// The loaded and attached programs. Detached on drop.
+/// The loaded programs, attached through pinned links, and their maps. Dropping it leaves
+/// everything attached and pinned: see [`uninstall`].
 pub struct Redirect {
-    /// Owns the programs and their links: dropping it detaches them.
+    /// The programs and the log map.
     _ebpf: Ebpf,
     conn_by_client: Mutex<HashMap<MapData, ClientKey, ConnMeta>>,
     protected: Mutex<Protected>,
     counters: PerCpuArray<MapData, u64>,
+    heartbeat: Mutex<Array<MapData, u64>>,
     cgroup: PathBuf,
+    adopted: bool,
 }
 
 impl Redirect {
-    /// Load the programs, fill their maps, attach them to `cgroup`. Returns the loader's log
-    /// reader too; it must be polled (see `aya_log::EbpfLogger::flush`) and kept alive.
-    pub fn attach(
+    /// Load the programs, adopt the maps pinned under `pin_path` (or create and pin them),
+    /// point them at this agent, and put the programs in the pinned links of `cgroup` (or
+    /// attach and pin new links). Connects keep following the previous programs, or the fail
+    /// modes, until each link is swapped: there is no instant without a program. The new
+    /// programs treat this agent as down until [`Redirect::beat`].
+    ///
+    /// Returns the loader's log reader too; it must be polled (see
+    /// `aya_log::EbpfLogger::flush`) and kept alive.
+    pub fn install(
         cgroup: &Path,
+        pin_path: &Path,
         listeners: Listeners,
-        destinations: &[Destination],
+        protected: &[(Destination, FailMode)],
         kernel_log_level: aya_log::Level,
     ) -> Result<(Self, Option<KernelLog>), Error> {
         check_capabilities()?;
         let cgroup_dir = open_cgroup(cgroup)?;
-        let entries = protected_entries(destinations)?;
+        let entries = protected_entries(protected)?;
+        let pins = Pins::prepare(pin_path)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &(kernel_log_level as u8), false)
-            .load(EBPF_OBJECT)
-            .map_err(Error::Load)?;
+        let (mut ebpf, previous) = pins.load(kernel_log_level)?;
+        let adopted = previous.layout == LAYOUT_VERSION;
         // No log map means no log statement survived compilation: nothing to read.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
+        let heartbeat: Array<_, u64> = take_map(&mut ebpf, HEARTBEAT_MAP)?;
+        let beat = heartbeat.get(&0, 0).unwrap_or(0);
+        if adopted
+            && agent_ready(beat, boot_ns())
+            && previous.agent_tgid != std::process::id()
+            && alive(previous.agent_tgid)
+        {
+            return Err(Error::InUse {
+                path: pin_path.to_owned(),
+                pid: previous.agent_tgid,
+            });
+        }
         let mut config: Array<_, AgentConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         config
             .set(0, &agent_config(listeners), 0)
@@ -132,53 +187,88 @@ impl Redirect {
                 name: CONFIG_MAP,
                 source,
             })?;
-        let mut protected = Protected {
-            map: take_map(&mut ebpf, PROTECTED_MAP)?,
-            prefixes: BTreeSet::new(),
-        };
+        let map: LpmTrie<MapData, Ip6Words, PortRanges> = take_map(&mut ebpf, PROTECTED_MAP)?;
+        let prefixes = map
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        let mut protected = Protected { map, prefixes };
         protected.replace(entries)?;
         let conn_by_client = take_map(&mut ebpf, CONN_BY_CLIENT_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
 
         let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS)?;
-        prog.load().map_err(|source| Error::Program {
-            name: SOCK_OPS,
-            source,
-        })?;
-        prog.attach(&cgroup_dir, ATTACH_MODE)
-            .map_err(|source| Error::Program {
-                name: SOCK_OPS,
-                source,
-            })?;
+        prog.load().map_err(program_error(SOCK_OPS))?;
+        let fd = prog.fd().map_err(program_error(SOCK_OPS))?;
+        if let Some(replaced) = pins.replace_or_attach(SOCK_OPS, &cgroup_dir, fd)? {
+            let id = prog
+                .attach(&cgroup_dir, ATTACH_MODE)
+                .map_err(program_error(SOCK_OPS))?;
+            let link = prog.take_link(id).map_err(program_error(SOCK_OPS))?;
+            pins.pin_link(SOCK_OPS, link.try_into(), replaced)?;
+        }
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| Error::Program { name, source })?;
-            prog.attach(&cgroup_dir, ATTACH_MODE)
-                .map_err(|source| Error::Program { name, source })?;
+            prog.load().map_err(program_error(name))?;
+            let fd = prog.fd().map_err(program_error(name))?;
+            if let Some(replaced) = pins.replace_or_attach(name, &cgroup_dir, fd)? {
+                let id = prog
+                    .attach(&cgroup_dir, ATTACH_MODE)
+                    .map_err(program_error(name))?;
+                let link = prog.take_link(id).map_err(program_error(name))?;
+                pins.pin_link(name, link.try_into(), replaced)?;
+            }
         }
+        pins.remove_stale_links()?;
         Ok((
             Self {
                 _ebpf: ebpf,
                 conn_by_client: Mutex::new(conn_by_client),
                 protected: Mutex::new(protected),
                 counters,
+                heartbeat: Mutex::new(heartbeat),
                 cgroup: cgroup.to_owned(),
+                adopted,
             },
             logger,
         ))
     }
 
-    /// Make `destinations` the protected set, as one step for new connects: entries are
-    /// added or updated before stale ones are removed, so no destination that stays protected
-    /// is ever missing from the map.
-    pub fn set_destinations(&self, destinations: &[Destination]) -> Result<(), Error> {
-        let entries = protected_entries(destinations)?;
+    /// Vouch that the agent is ready for about `HEARTBEAT_TIMEOUT_NS` more.
+    pub fn beat(&self) -> Result<(), Error> {
+        self.set_heartbeat(boot_ns())
+    }
+
+    /// Declare the agent down at once: new connects follow their fail mode.
+    pub fn stop_heartbeat(&self) -> Result<(), Error> {
+        self.set_heartbeat(0)
+    }
+
+    fn set_heartbeat(&self, value: u64) -> Result<(), Error> {
+        lock(&self.heartbeat)
+            .set(0, &value, 0)
+            .map_err(|source| Error::Map {
+                name: HEARTBEAT_MAP,
+                source,
+            })
+    }
+
+    /// Make `protected` the protected set, as one step for new connects: entries are added or
+    /// updated before stale ones are removed, so no destination that stays protected is ever
+    /// missing from the map.
+    pub fn set_destinations(&self, protected: &[(Destination, FailMode)]) -> Result<(), Error> {
+        let entries = protected_entries(protected)?;
         lock(&self.protected).replace(entries)
     }
 
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Whether pinned state of a previous agent was adopted (rather than created).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Take (look up and forget) the kernel's record for an accepted connection, found by the
@@ -195,7 +285,7 @@ impl Redirect {
         Some(meta)
     }
 
-    /// Kernel-side counters, summed over CPUs.
+    /// Kernel-side counters, summed over CPUs, since the pinned maps were created.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
         Counter::ALL
             .iter()
@@ -209,6 +299,320 @@ impl Redirect {
             })
             .collect()
     }
+}
+
+/// `CLOCK_BOOTTIME` in ns, the clock of `bpf_ktime_get_boot_ns`.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// === pins ===
+
+/// The pin directory: `maps/NAME` for each of [`PINNED_MAPS`], `links/PROGRAM` for each
+/// program's cgroup link.
+struct Pins {
+    maps: PathBuf,
+    links: PathBuf,
+}
+
+/// A link of ours pinned at a path that must be replaced by a new one once it is attached.
+struct Replaced(Option<std::os::fd::OwnedFd>);
+
+impl Pins {
+    fn prepare(root: &Path) -> Result<Self, Error> {
+        ensure_bpffs(root)?;
+        let pins = Self {
+            maps: root.join("maps"),
+            links: root.join("links"),
+        };
+        for dir in [root, &pins.maps, &pins.links] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| Error::Pin {
+                    what: "cannot create",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(pins)
+    }
+
+    /// Load the object on the pinned maps, and return the configuration the previous agent
+    /// left in them (all zero if they are new). Pinned maps of another layout are unpinned
+    /// (programs still attached keep them until their links are swapped) and made anew.
+    fn load(&self, level: aya_log::Level) -> Result<(Ebpf, AgentConfig), Error> {
+        let mut ebpf = match self.load_once(level) {
+            Err(Error::Load(aya::EbpfError::MapError(e @ MapError::IncompatiblePinnedMap { .. }))) => {
+                warn!(error = %e, "pinned maps of another agent version: recreating them, state is lost");
+                self.unpin_maps()?;
+                self.load_once(level)?
+            }
+            other => other?,
+        };
+        let previous = read_config(&mut ebpf)?;
+        if previous.layout != 0 && previous.layout != LAYOUT_VERSION {
+            warn!(
+                pinned = previous.layout,
+                ours = LAYOUT_VERSION,
+                "pinned maps of another layout version: recreating them, state is lost"
+            );
+            drop(ebpf);
+            self.unpin_maps()?;
+            ebpf = self.load_once(level)?;
+            return Ok((ebpf, AgentConfig::default()));
+        }
+        Ok((ebpf, previous))
+    }
+
+    fn load_once(&self, level: aya_log::Level) -> Result<Ebpf, Error> {
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|&name| (name, self.maps.join(name)))
+            .collect();
+        let level = level as u8;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, false);
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        loader.load(EBPF_OBJECT).map_err(Error::Load)
+    }
+
+    fn unpin_maps(&self) -> Result<(), Error> {
+        for name in PINNED_MAPS {
+            remove_pin(&self.maps.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// Swap `prog` into the link pinned for `name` if it is attached to `cgroup`. Otherwise
+    /// return what the caller must hand to [`Pins::pin_link`] after attaching a new link.
+    fn replace_or_attach(
+        &self,
+        name: &'static str,
+        cgroup: &File,
+        prog: &aya::programs::ProgramFd,
+    ) -> Result<Option<Replaced>, Error> {
+        let path = self.links.join(name);
+        let old = match link::open_pinned(&path) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(Replaced(None))),
+            Err(source) => return Err(pin_error("cannot open pinned link", &path, source)),
+        };
+        let cgroup_id = cgroup.metadata().map(|m| m.ino()).unwrap_or(0);
+        match link::cgroup_id(old.as_fd()) {
+            Ok(id) if id == cgroup_id => {
+                link::update(old.as_fd(), prog.as_fd())
+                    .map_err(|source| pin_error("cannot replace the linked program", &path, source))?;
+                Ok(None)
+            }
+            Ok(id) => {
+                info!(program = name, from_cgroup_id = id, to_cgroup_id = cgroup_id, "moving to another cgroup");
+                Ok(Some(Replaced(Some(old))))
+            }
+            Err(source) => Err(pin_error("cannot read pinned link", &path, source)),
+        }
+    }
+
+    /// Pin a newly attached link for `name`; detach the one it replaces only now, so the
+    /// cgroup is never without the program.
+    fn pin_link(
+        &self,
+        name: &'static str,
+        new: Result<FdLink, LinkError>,
+        replaced: Replaced,
+    ) -> Result<(), Error> {
+        let new = new.map_err(|e| program_error(name)(e.into()))?;
+        let path = self.links.join(name);
+        if let Some(old) = replaced.0 {
+            link::detach(old.as_fd())
+                .map_err(|source| pin_error("cannot detach the old link", &path, source))?;
+            remove_pin(&path)?;
+        }
+        new.pin(&path).map_err(|e| {
+            pin_error("cannot pin link", &path, io::Error::other(e))
+        })?;
+        Ok(())
+    }
+
+    /// Detach links pinned by an agent with programs this one no longer has.
+    fn remove_stale_links(&self) -> Result<(), Error> {
+        let ours: BTreeSet<&str> = std::iter::once(SOCK_OPS).chain(SOCK_ADDR_PROGRAMS).collect();
+        for entry in read_dir(&self.links)? {
+            if !entry.to_str().is_some_and(|n| ours.contains(n)) {
+                let path = self.links.join(&entry);
+                warn!(link = %path.display(), "detaching a link no program of this agent uses");
+                detach_and_unpin(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_config(ebpf: &mut Ebpf) -> Result<AgentConfig, Error> {
+    let map = ebpf.map(CONFIG_MAP).ok_or(Error::Missing {
+        what: "map",
+        name: CONFIG_MAP,
+    })?;
+    let config: Array<_, AgentConfig> = Array::try_from(map).map_err(|source| Error::Map {
+        name: CONFIG_MAP,
+        source,
+    })?;
+    Ok(config.get(&0, 0).unwrap_or_default())
+}
+
+fn program_error(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> Error {
+    move |source| Error::Program { name, source }
+}
+
+fn pin_error(what: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Pin {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_error("cannot unpin", path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::ffi::OsString>, Error> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| pin_error("cannot list", dir, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(pin_error("cannot list", dir, e)),
+    }
+}
+
+fn detach_and_unpin(path: &Path) -> Result<(), Error> {
+    match link::open_pinned(path) {
+        Ok(fd) => link::detach(fd.as_fd()).map_err(|e| pin_error("cannot detach", path, e))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(pin_error("cannot open pinned link", path, e)),
+    }
+    remove_pin(path)
+}
+
+/// Make sure `root` can be created on a BPF file system: mount one at [`BPFFS`] if `root` is
+/// under it and nothing is mounted there (a host without systemd, a container).
+fn ensure_bpffs(root: &Path) -> Result<(), Error> {
+    let existing = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing)? {
+        return Ok(());
+    }
+    if existing != Path::new(BPFFS) {
+        return Err(Error::NotBpffs {
+            path: root.to_owned(),
+        });
+    }
+    // Serialise with other agents starting at the same moment, or both would mount and the
+    // second mount would hide the first one's pins.
+    let dir = File::open(BPFFS).map_err(|e| pin_error("cannot open", Path::new(BPFFS), e))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| pin_error("cannot lock", Path::new(BPFFS), e.into()))
+        .and_then(|_guard| {
+            if is_bpffs(Path::new(BPFFS))? {
+                return Ok(());
+            }
+            nix::mount::mount(
+                Some("bpf"),
+                BPFFS,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                Some("mode=0700"),
+            )
+            .map_err(|e| pin_error("cannot mount bpffs", Path::new(BPFFS), e.into()))?;
+            info!(path = BPFFS, "mounted the BPF file system");
+            Ok(())
+        })
+}
+
+fn is_bpffs(path: &Path) -> Result<bool, Error> {
+    let fs = nix::sys::statfs::statfs(path).map_err(|e| pin_error("cannot stat", path, e.into()))?;
+    Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// What [`uninstall`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Detach and unpin every link and map pinned under `pin_path`, then remove the directory.
+/// The programs and maps are freed by the kernel once nothing holds them. Refuses while an
+/// agent is running on it. Nothing pinned is not an error.
+pub fn uninstall(pin_path: &Path) -> Result<Removed, Error> {
+    let mut removed = Removed::default();
+    if !pin_path.exists() {
+        return Ok(removed);
+    }
+    let pins = Pins {
+        maps: pin_path.join("maps"),
+        links: pin_path.join("links"),
+    };
+    if let Some(pid) = running_agent(&pins.maps) {
+        return Err(Error::InUse {
+            path: pin_path.to_owned(),
+            pid,
+        });
+    }
+    for name in read_dir(&pins.links)? {
+        detach_and_unpin(&pins.links.join(name))?;
+        removed.links += 1;
+    }
+    for name in read_dir(&pins.maps)? {
+        remove_pin(&pins.maps.join(name))?;
+        removed.maps += 1;
+    }
+    for dir in [&pins.links, &pins.maps, pin_path] {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(pin_error("cannot remove", dir, e));
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid of a live agent whose heartbeat is fresh in the maps pinned at `maps`.
+fn running_agent(maps: &Path) -> Option<u32> {
+    let heartbeat = MapData::from_pin(maps.join(HEARTBEAT_MAP)).ok()?;
+    let heartbeat: Array<_, u64> = Array::try_from(aya::maps::Map::Array(heartbeat)).ok()?;
+    let config = MapData::from_pin(maps.join(CONFIG_MAP)).ok()?;
+    let config: Array<_, AgentConfig> = Array::try_from(aya::maps::Map::Array(config)).ok()?;
+    let beat = heartbeat.get(&0, 0).ok()?;
+    let pid = config.get(&0, 0).ok()?.agent_tgid;
+    (agent_ready(beat, boot_ns()) && alive(pid)).then_some(pid)
+}
+
+/// Whether process `pid` exists and has not exited (a killed agent stays a zombie until its
+/// supervisor reaps it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // pid (comm) state ...: comm may hold spaces and parentheses, the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, None | Some("Z" | "X"))
+    })
 }
 
 /// The protected-destinations map and the prefixes it holds.
@@ -406,6 +810,8 @@ pub fn original_destination(meta: &ConnMeta) -> SocketAddr {
 fn agent_config(listeners: Listeners) -> AgentConfig {
     let v6 = listeners.v6;
     AgentConfig {
+        layout: LAYOUT_VERSION,
+        _pad: 0,
         agent_tgid: std::process::id(),
         flags: if v6.is_some() { CONFIG_HAS_V6 } else { 0 },
         listen_ip4_be: u32::from_ne_bytes(listeners.v4.ip().octets()),
@@ -416,22 +822,38 @@ fn agent_config(listeners: Listeners) -> AgentConfig {
 }
 
 /// The LPM trie's entries. An LPM lookup returns only the longest matching prefix, so each
-/// entry carries the port ranges of every destination whose prefix covers it.
+/// entry carries the port ranges of every destination whose prefix covers it, each with its
+/// fail mode; where ranges of both modes overlap, `closed` wins.
 fn protected_entries(
-    destinations: &[Destination],
+    protected: &[(Destination, FailMode)],
 ) -> Result<Vec<(Key<Ip6Words>, PortRanges)>, Error> {
-    let prefixes: BTreeSet<Prefix> = destinations.iter().map(|d| d.prefix).collect();
+    let prefixes: BTreeSet<Prefix> = protected.iter().map(|(d, _)| d.prefix).collect();
     if prefixes.len() > PROTECTED_MAX_ENTRIES as usize {
         return Err(Error::TooManyPrefixes);
     }
     prefixes
         .into_iter()
         .map(|prefix| {
-            let covering = destinations
-                .iter()
-                .filter(|d| d.prefix.len <= prefix.len && d.prefix.contains(prefix.addr))
-                .map(|d| d.ports);
-            let merged = merge_ports(covering);
+            let covering = || {
+                protected.iter().filter(move |(d, _)| {
+                    d.prefix.len <= prefix.len && d.prefix.contains(prefix.addr)
+                })
+            };
+            let ports_of = |mode| {
+                merge_ports(
+                    covering()
+                        .filter(move |(_, m)| *m == mode)
+                        .map(|(d, _)| d.ports),
+                )
+            };
+            let closed = ports_of(FailMode::Closed);
+            let open = subtract(ports_of(FailMode::Open), &closed);
+            let mut merged: Vec<(Ports, FailMode)> = closed
+                .into_iter()
+                .map(|p| (p, FailMode::Closed))
+                .chain(open.into_iter().map(|p| (p, FailMode::Open)))
+                .collect();
+            merged.sort_by_key(|(p, _)| *p);
             if merged.len() > MAX_PORT_RANGES {
                 return Err(Error::TooManyPortRanges { prefix });
             }
@@ -439,11 +861,14 @@ fn protected_entries(
                 len: merged.len() as u32,
                 ..Default::default()
             };
-            for (slot, p) in ranges.ranges.iter_mut().zip(&merged) {
-                *slot = PortRange {
+            for (i, (p, mode)) in merged.iter().enumerate() {
+                ranges.ranges[i] = PortRange {
                     first: p.first,
                     last: p.last,
                 };
+                if *mode == FailMode::Open {
+                    ranges.fail_open |= 1 << i;
+                }
             }
             Ok((
                 Key::new(u32::from(prefix.len), ip6_words(prefix.addr)),
@@ -467,6 +892,37 @@ fn merge_ports(ports: impl Iterator<Item = Ports>) -> Vec<Ports> {
         }
     }
     out
+}
+
+/// The ports of `from` not in `remove` (both sorted and merged).
+fn subtract(from: Vec<Ports>, remove: &[Ports]) -> Vec<Ports> {
+    let mut out = Vec::with_capacity(from.len());
+    for p in from {
+        let mut first = u32::from(p.first);
+        let last = u32::from(p.last);
+        for r in remove {
+            let (rf, rl) = (u32::from(r.first), u32::from(r.last));
+            if rl < first || rf > last {
+                continue;
+            }
+            if rf > first {
+                out.push(ports(first, rf - 1));
+            }
+            first = rl + 1;
+        }
+        if first <= last {
+            out.push(ports(first, last));
+        }
+    }
+    out
+}
+
+fn ports(first: u32, last: u32) -> Ports {
+    // Within the u16 bounds of the ranges they were cut from.
+    Ports {
+        first: first as u16,
+        last: last as u16,
+    }
 }
 
 #[cfg(test)]

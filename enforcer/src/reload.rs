@@ -180,8 +180,7 @@ async fn reload(path: &Path, store: &PolicyStore, redirect: &Redirect, trigger: 
     let loaded = tokio::task::spawn_blocking(move || Policy::load(&owned)).await;
     let result = match loaded {
         Ok(Ok(policy)) => {
-            let destinations: Vec<_> = policy.destinations().map(|(_, d)| *d).collect();
-            match redirect.set_destinations(&destinations) {
+            match redirect.set_destinations(&policy.protected()) {
                 Ok(()) => {
                     let services = policy.services.len();
                     store.replace(policy);

@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests: real cgroups, the real agent binary, real upstream servers.
 //!
 //! Everything a test creates is owned by a guard whose `Drop` undoes it, so a failing test
-//! still removes its cgroup and stops its agent (which detaches the programs).
+//! still removes its cgroup, stops its agent and uninstalls the programs it pinned.
 
 use std::{
     fs,
@@ -236,13 +236,21 @@ impl Drop for Cgroup {
 
 // === Agent ===
 
-/// A running `enforcer run`, started inside a test cgroup and attached to it.
+/// A running `enforcer run`, started inside a test cgroup and attached to it. It pins under a
+/// path of its own cgroup's (so a second agent started on the same cgroup adopts the first
+/// one's pins, state directory and policy file); dropping it stops the agent and runs
+/// `enforcer uninstall` on that path.
 pub struct Agent {
     child: Option<Child>,
+    binary: PathBuf,
     events: Arc<(Mutex<Vec<Value>>, Condvar)>,
     policy_file: PathBuf,
+    pin_path: PathBuf,
     pub listen: SocketAddr,
     pub listen6: Option<SocketAddr>,
+    /// When the process was spawned, and the `ready` event.
+    pub spawned: Instant,
+    pub ready: Value,
 }
 
 impl Agent {
@@ -261,6 +269,8 @@ impl Agent {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
         let state_dir = cgroup_scoped_temp(cgroup, "state");
+        let pin_path = Path::new("/sys/fs/bpf").join(cgroup.path().file_name().unwrap());
+        let spawned = Instant::now();
         let mut child = cgroup
             .command(binary)
             .args(["--log-format", "json", "run", "--policy"])
@@ -270,6 +280,8 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&state_dir)
+            .arg("--pin-path")
+            .arg(&pin_path)
             .args(extra_args)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -291,15 +303,25 @@ impl Agent {
         });
         let mut agent = Self {
             child: Some(child),
+            binary: binary.to_owned(),
             events,
             policy_file,
+            pin_path,
             listen: "0.0.0.0:0".parse().unwrap(),
             listen6: None,
+            spawned,
+            ready: Value::Null,
         };
         let ready = agent.wait_event("agent ready", |e| e["event"] == "ready");
         agent.listen = ready["listen"].as_str().unwrap().parse().unwrap();
         agent.listen6 = ready["listen6"].as_str().map(|s| s.parse().unwrap());
+        agent.ready = ready;
         agent
+    }
+
+    /// Where the agent pins its programs' links and maps.
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
     }
 
     pub fn pid(&self) -> u32 {
@@ -362,7 +384,8 @@ impl Agent {
             .join("\n")
     }
 
-    /// SIGTERM, wait for exit, and return the status and the final `detached` event.
+    /// SIGTERM, wait for exit, and return the status and the final `stopped` event (with the
+    /// counters). The programs stay attached: see [`Agent::uninstall`].
     pub fn stop(&mut self) -> (ExitStatus, Value) {
         let mut child = self.child.take().expect("agent running");
         // SAFETY: plain syscall on our own child.
@@ -371,16 +394,32 @@ impl Agent {
         // The reader thread stores the last lines at EOF, just after the exit.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(e) = self.events().into_iter().find(|e| e["event"] == "detached") {
+            if let Some(e) = self.events().into_iter().find(|e| e["event"] == "stopped") {
                 return (status, e);
             }
             assert!(
                 Instant::now() < deadline,
-                "agent exited ({status}) without a `detached` event; log:\n{}",
+                "agent exited ({status}) without a `stopped` event; log:\n{}",
                 self.log_text()
             );
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGKILL the agent and reap it, as a crash would end it: no clean-up of any kind.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("agent running");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("reap the agent");
+    }
+
+    /// Run `enforcer uninstall` on this agent's pin path; returns its output.
+    pub fn uninstall(&self) -> std::process::Output {
+        Command::new(&self.binary)
+            .args(["--log-format", "json", "uninstall", "--pin-path"])
+            .arg(&self.pin_path)
+            .output()
+            .expect("run enforcer uninstall")
     }
 }
 
@@ -390,6 +429,14 @@ impl Drop for Agent {
             // SAFETY: plain syscall on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             wait_child(&mut child);
+        }
+        let out = self.uninstall();
+        if !out.status.success() {
+            eprintln!(
+                "enforcer uninstall --pin-path {} failed: {}",
+                self.pin_path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

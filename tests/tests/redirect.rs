@@ -177,10 +177,10 @@ fn clients_outside_the_cgroup_and_unprotected_destinations_are_untouched() {
         protected.addr,
     );
 
-    let (status, detached) = agent.stop();
+    let (status, stopped) = agent.stop();
     assert!(status.success(), "agent exit: {status}");
-    assert_eq!(detached["redirected"], 1, "{detached}");
-    assert!(detached["passed"].as_u64().unwrap() >= 1, "{detached}");
+    assert_eq!(stopped["redirected"], 1, "{stopped}");
+    assert!(stopped["passed"].as_u64().unwrap() >= 1, "{stopped}");
 }
 
 #[test]
@@ -232,9 +232,9 @@ fn the_agents_own_upstream_connects_are_not_redirected() {
     // Exactly one connection reached the upstream: the agent's, not a loop back to itself.
     assert_eq!(upstream.peers().len(), 1, "{:?}", upstream.peers());
 
-    let (_, detached) = agent.stop();
-    assert_eq!(detached["agent_passed"], 1, "{detached}");
-    assert_eq!(detached["redirected"], 1, "{detached}");
+    let (_, stopped) = agent.stop();
+    assert_eq!(stopped["agent_passed"], 1, "{stopped}");
+    assert_eq!(stopped["redirected"], 1, "{stopped}");
 }
 
 #[test]
@@ -290,8 +290,8 @@ fn an_unreachable_destination_resets_the_client() {
 
     let report = probe_echo(&cgroup, None, closed, 16);
     assert_eq!(report["error"], "ConnectionReset", "{report}");
-    let (_, detached) = agent.stop();
-    assert_eq!(detached["upstream_failed"], 1, "{detached}");
+    let (_, stopped) = agent.stop();
+    assert_eq!(stopped["upstream_failed"], 1, "{stopped}");
 }
 
 #[test]
@@ -310,13 +310,13 @@ fn a_connection_without_a_kernel_record_is_reset_and_counted() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(upstream.peers().is_empty(), "nothing reached the upstream");
 
-    let (_, detached) = agent.stop();
-    assert_eq!(detached["no_record"], 1, "{detached}");
-    assert_eq!(detached["accepted"], 0, "{detached}");
+    let (_, stopped) = agent.stop();
+    assert_eq!(stopped["no_record"], 1, "{stopped}");
+    assert_eq!(stopped["accepted"], 0, "{stopped}");
 }
 
 #[test]
-fn stopping_the_agent_leaves_nothing_attached_or_loaded() {
+fn stopping_keeps_enforcing_and_uninstall_leaves_nothing() {
     if !privileged() {
         return;
     }
@@ -332,9 +332,22 @@ fn stopping_the_agent_leaves_nothing_attached_or_loaded() {
     let maps: Vec<u64> = progs.iter().flat_map(|&p| program_map_ids(p)).collect();
     assert!(!maps.is_empty());
 
+    // Stopped, the agent leaves its programs attached: the destination fails closed.
     let (status, _) = agent.stop();
     assert!(status.success(), "agent exit: {status}");
+    assert_eq!(attached_program_ids(cgroup.path()), progs);
+    let refused = probe_echo(&cgroup, None, upstream.addr, 16);
+    assert_eq!(refused["error"], "ConnectionRefused", "{refused}");
+    assert!(upstream.peers().is_empty(), "nothing reached the upstream");
+
+    let out = agent.uninstall();
+    assert!(out.status.success(), "uninstall: {out:?}");
     assert_eq!(attached_program_ids(cgroup.path()), Vec::<u64>::new());
+    assert!(
+        !agent.pin_path().exists(),
+        "{} left behind",
+        agent.pin_path().display()
+    );
     for id in progs {
         wait_for(&format!("program {id} to be freed"), || {
             (!bpf_object_exists("prog", id)).then_some(())
@@ -358,17 +371,19 @@ fn a_failing_test_still_removes_its_cgroup_and_detaches() {
     let mut seen = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let cgroup = Cgroup::new();
-        let _agent = Agent::start(&cgroup, &policy(&[upstream.addr]));
+        let agent = Agent::start(&cgroup, &policy(&[upstream.addr]));
         seen = Some((
             cgroup.path().to_path_buf(),
             attached_program_ids(cgroup.path()),
+            agent.pin_path().to_path_buf(),
         ));
         panic!("deliberate failure");
     }));
     assert!(result.is_err());
-    let (path, progs) = seen.expect("the test got as far as attaching");
+    let (path, progs, pins) = seen.expect("the test got as far as attaching");
     assert_eq!(progs.len(), 5);
     assert!(!path.exists(), "{} left behind", path.display());
+    assert!(!pins.exists(), "{} left behind", pins.display());
     for id in progs {
         wait_for(&format!("program {id} to be freed"), || {
             (!bpf_object_exists("prog", id)).then_some(())

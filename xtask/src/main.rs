@@ -40,11 +40,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { policy, args } => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "enforcer"])?;
-            let mut cmd = Command::new("target/release/enforcer");
-            cmd.args(["run", "--policy", &policy]).args(&args);
-            // Replace this process: signals (Ctrl-C) then reach the agent directly.
-            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-            Err(err).context("exec target/release/enforcer")
+            run(&policy, &args)
         }
         Task::Test => test(),
         Task::Bench(args) => {
@@ -147,6 +143,46 @@ fn count(summary: &str, label: &str) -> u64 {
 
 /// Formatting and clippy, warnings denied, on the host crates and on the kernel crate (which
 /// only builds for the BPF target, with the pinned nightly).
+/// Run the agent until it exits, then uninstall it: a stopped agent leaves its programs
+/// attached and failing closed, which a developer's host should not be left in.
+fn run(policy: &str, args: &[String]) -> anyhow::Result<()> {
+    const AGENT: &str = "target/release/enforcer";
+    let mut agent = Command::new(AGENT)
+        .args(["run", "--policy", policy])
+        .args(args)
+        .current_dir(workspace_root())
+        .spawn()
+        .with_context(|| format!("start {AGENT}"))?;
+    // Ctrl-C reaches the whole foreground process group: the agent stops on it; this process
+    // must outlive it to uninstall.
+    // SAFETY: plain syscall; no handler runs.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = agent.wait().context("wait for the agent")?;
+    let pin_path = pin_path(args);
+    let mut uninstall = Command::new(AGENT);
+    uninstall.arg("uninstall").current_dir(workspace_root());
+    if let Some(path) = &pin_path {
+        uninstall.args(["--pin-path", path]);
+    }
+    let removed = uninstall.status().context("run enforcer uninstall")?;
+    if !removed.success() {
+        bail!("enforcer uninstall failed ({removed}): programs may still be attached");
+    }
+    if !status.success() {
+        bail!("the agent exited with {status}");
+    }
+    Ok(())
+}
+
+/// The `--pin-path` among the agent's arguments, if any.
+fn pin_path(args: &[String]) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--pin-path") {
+        Some("") => args.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_string),
+        None => None,
+    })
+}
+
 fn lint() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[

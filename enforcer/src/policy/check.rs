@@ -337,12 +337,14 @@ fn services(
     for (key, svc) in entries {
         name(d, "service name", &key);
         let protocol = svc.protocol.unwrap_or_default();
+        let fail_mode = svc.fail_mode.unwrap_or_default();
         let destinations = destinations(d, &key, svc, resolve);
         map.insert(
             key.value,
             Service {
                 destinations,
                 protocol,
+                fail_mode,
             },
         );
     }

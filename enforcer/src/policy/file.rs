@@ -9,7 +9,7 @@ use serde::{
 };
 use serde_saphyr::Spanned;
 
-use super::{Mode, Protocol};
+use super::{FailMode, Mode, Protocol};
 
 /// The document. Field names are camelCase, as in Kubernetes and most YAML configs.
 #[derive(Deserialize)]
@@ -80,6 +80,8 @@ pub(super) struct ServiceFile {
     pub endpoints: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub protocol: Option<Protocol>,
+    #[serde(default, rename = "failMode")]
+    pub fail_mode: Option<FailMode>,
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,15 @@ use std::net::Ipv4Addr;
 
 use super::*;
 
-fn dest(prefix: &str, ports: (u16, u16)) -> Destination {
+fn dest(prefix: &str, ports: (u16, u16)) -> (Destination, FailMode) {
+    (destination(prefix, ports), FailMode::Closed)
+}
+
+fn open(prefix: &str, ports: (u16, u16)) -> (Destination, FailMode) {
+    (destination(prefix, ports), FailMode::Open)
+}
+
+fn destination(prefix: &str, ports: (u16, u16)) -> Destination {
     let (ip, len) = prefix.split_once('/').unwrap();
     let ip: IpAddr = ip.parse().unwrap();
     let extra = if ip.is_ipv4() { 96 } else { 0 };
@@ -48,6 +56,60 @@ fn longer_prefixes_inherit_covering_ports() {
     };
     assert_eq!(by_len(104), vec![(80, 80)]);
     assert_eq!(by_len(112), vec![(79, 81), (443, 450)]);
+}
+
+/// (first, last, fails open) of each range.
+fn modes(r: &PortRanges) -> Vec<(u16, u16, bool)> {
+    r.ranges[..r.len as usize]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.first, p.last, r.fail_open & (1 << i) != 0))
+        .collect()
+}
+
+#[test]
+fn fail_modes_follow_ranges_and_closed_wins_overlaps() {
+    let entries = protected_entries(&[
+        open("10.0.0.0/8", (8000, 8099)),
+        dest("10.1.0.0/16", (8050, 8059)),
+        open("10.1.0.0/16", (9000, 9000)),
+        dest("10.1.0.0/16", (9001, 9001)),
+    ])
+    .unwrap();
+    let by_len = |len: u32| {
+        entries
+            .iter()
+            .find(|(k, _)| k.prefix_len() == len)
+            .map(|(_, r)| modes(r))
+            .unwrap()
+    };
+    assert_eq!(by_len(104), vec![(8000, 8099, true)]);
+    assert_eq!(
+        by_len(112),
+        vec![
+            (8000, 8049, true),
+            (8050, 8059, false),
+            (8060, 8099, true),
+            (9000, 9000, true),
+            (9001, 9001, false),
+        ]
+    );
+    let (_, r) = &entries[1];
+    assert_eq!(r.lookup(8055), Some(enforcer_common::FailMode::Closed));
+    assert_eq!(r.lookup(8099), Some(enforcer_common::FailMode::Open));
+    assert_eq!(r.lookup(8100), None);
+}
+
+#[test]
+fn subtracting_port_ranges() {
+    let p = |first, last| Ports { first, last };
+    assert_eq!(subtract(vec![p(1, 65535)], &[p(1, 1)]), vec![p(2, 65535)]);
+    assert_eq!(subtract(vec![p(1, 65535)], &[p(65535, 65535)]), vec![p(1, 65534)]);
+    assert_eq!(subtract(vec![p(5, 9)], &[p(1, 20)]), vec![]);
+    assert_eq!(
+        subtract(vec![p(1, 10), p(20, 30)], &[p(3, 4), p(8, 22)]),
+        vec![p(1, 2), p(5, 7), p(23, 30)]
+    );
 }
 
 #[test]

@@ -1,0 +1,281 @@
+//! Agent restarts without a gap: pinned programs and maps outlive a killed agent and follow
+//! each service's `failMode` while no agent is ready; a new agent adopts them, with the state
+//! it must keep; `enforcer uninstall` leaves nothing behind.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    Agent, Cgroup, HttpUpstream, Server, attached_program_ids, bpf_object_exists,
+    cgroup_scoped_temp, enforcer_binary, privileged, probe_binary, program_map_ids, run_probe,
+    send_raw_with, wait_for,
+};
+use serde_json::Value;
+use sha2::Digest as _;
+
+const API_KEY: &str = "restart-test-key-7f3a";
+const NOBODY: Option<(u32, u32)> = Some((65534, 65534));
+
+/// `/load/**` is open to anyone; `/keyed/**` needs the API key, bound to its first user.
+fn http_policy(upstream: SocketAddr) -> String {
+    format!(
+        r#"version: 1
+credentials:
+  keys:
+    kind: apiKey
+    header: x-api-key
+    bindOnFirstUse: subject
+    keys:
+      - name: reporter
+        sha256: {digest}
+services:
+  api:
+    endpoints: ["{upstream}"]
+    failMode: closed
+rules:
+  - id: load
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/load/**"]
+  - id: keyed
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/keyed/**"]
+    require: {{credential: keys}}
+"#,
+        digest = sha2::Sha256::digest(API_KEY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+}
+
+fn tcp_policy(upstream: SocketAddr, fail_mode: &str) -> String {
+    format!(
+        "version: 1\nservices:\n  api:\n    protocol: tcp\n    failMode: {fail_mode}\n    \
+         endpoints: [\"{upstream}\"]\n"
+    )
+}
+
+/// Status line of a keyed GET sent from a probe in `cgroup` as `user`.
+fn keyed_get(cgroup: &Cgroup, user: Option<(u32, u32)>, to: SocketAddr) -> String {
+    let request = format!("GET /keyed/1 HTTP/1.1\r\nhost: api\r\nx-api-key: {API_KEY}\r\n\r\n");
+    let report = send_raw_with(cgroup, user, to, request.as_bytes(), false);
+    let text = report["response"].as_str().unwrap_or("");
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn load_requests(upstream: &HttpUpstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/load/"))
+        .count()
+}
+
+/// IDs of the BPF links that hold any of `progs`.
+fn links_of(progs: &[u64]) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| progs.contains(&p)))
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+/// Uninstall through the agent's guard and prove with bpftool that nothing of ours is left.
+fn assert_uninstall_leaves_nothing(agent: &Agent, cgroup: &Cgroup) {
+    let progs = attached_program_ids(cgroup.path());
+    assert_eq!(progs.len(), 5, "{progs:?}");
+    let maps: Vec<u64> = progs.iter().flat_map(|&p| program_map_ids(p)).collect();
+    let links = links_of(&progs);
+    assert_eq!(links.len(), 5, "one link per program: {links:?}");
+
+    let out = agent.uninstall();
+    assert!(out.status.success(), "uninstall: {out:?}");
+    assert_eq!(attached_program_ids(cgroup.path()), Vec::<u64>::new());
+    assert!(
+        !agent.pin_path().exists(),
+        "{} left behind",
+        agent.pin_path().display()
+    );
+    for (kind, ids) in [("link", &links), ("prog", &progs), ("map", &maps)] {
+        for &id in ids {
+            wait_for(&format!("{kind} {id} to be freed"), || {
+                (!bpf_object_exists(kind, id)).then_some(())
+            });
+        }
+    }
+}
+
+#[test]
+fn kill_9_under_load_fails_closed_and_a_new_agent_resumes_with_its_state() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let u = upstream.addr();
+    let cgroup = Cgroup::new();
+    let policy = http_policy(u);
+    let mut first = Agent::start(&cgroup, &policy);
+    assert_eq!(first.ready["adopted"], false, "{}", first.ready);
+    let first_progs = attached_program_ids(cgroup.path());
+
+    // The key binds to its first user (the probe as nobody); as root it is another caller.
+    assert_eq!(keyed_get(&cgroup, NOBODY, u), "HTTP/1.1 200 OK");
+    assert_eq!(keyed_get(&cgroup, None, u), "HTTP/1.1 403 Forbidden");
+
+    // Load: one keep-alive client in the cgroup, reconnecting after every failure.
+    let mut load = cgroup
+        .command(probe_binary())
+        .args(["get-loop", &u.to_string(), "/load/x", "8"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the load");
+    wait_for("load through the first agent", || {
+        (load_requests(&upstream) >= 20).then_some(())
+    });
+
+    first.kill();
+    // A request the dead agent had already forwarded may still be landing.
+    thread::sleep(Duration::from_millis(200));
+    let at_kill = load_requests(&upstream);
+    // Past the heartbeat's timeout: the programs now fail closed.
+    thread::sleep(Duration::from_millis(1300));
+    assert_eq!(
+        load_requests(&upstream),
+        at_kill,
+        "a request reached the upstream while no agent was ready"
+    );
+    assert_eq!(attached_program_ids(cgroup.path()), first_progs);
+
+    let mut second = Agent::start(&cgroup, &policy);
+    let start_to_ready = second.spawned.elapsed();
+    eprintln!(
+        "restart: spawn to ready {start_to_ready:?}, agent's own startup_ms {}",
+        second.ready["startup_ms"]
+    );
+    assert_eq!(second.ready["adopted"], true, "{}", second.ready);
+    // Enforcing at once, with the binding made before the kill.
+    assert_eq!(keyed_get(&cgroup, None, u), "HTTP/1.1 403 Forbidden");
+    assert_eq!(keyed_get(&cgroup, NOBODY, u), "HTTP/1.1 200 OK");
+    wait_for("load through the new agent", || {
+        (load_requests(&upstream) > at_kill + 20).then_some(())
+    });
+
+    // The programs were swapped in place: still five, none of the first agent's left.
+    let progs = attached_program_ids(cgroup.path());
+    assert_eq!(progs.len(), 5, "{progs:?}");
+    assert!(
+        progs.iter().all(|p| !first_progs.contains(p)),
+        "{progs:?} vs {first_progs:?}"
+    );
+
+    let report: Value = {
+        let status = load.wait().expect("load ends");
+        assert!(status.success(), "load: {status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut load.stdout.take().unwrap(), &mut out).unwrap();
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("load output: {out}"))
+    };
+    assert!(report["statuses"]["200"].as_u64().unwrap() > 40, "{report}");
+    assert_eq!(
+        report["statuses"].as_object().unwrap().len(),
+        1,
+        "only 200s: {report}"
+    );
+    assert!(report["failures"].as_u64().unwrap() > 0, "{report}");
+
+    let (_, stopped) = second.stop();
+    assert!(stopped["failed_closed"].as_u64().unwrap() > 0, "{stopped}");
+    assert_eq!(stopped["failed_open"], 0, "{stopped}");
+    assert_uninstall_leaves_nothing(&second, &cgroup);
+}
+
+#[test]
+fn fail_open_connects_go_direct_until_a_new_agent_is_ready() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let policy = tcp_policy(upstream.addr, "open");
+    let echo = || {
+        let mut cmd = cgroup.command(probe_binary());
+        cmd.args(["echo", &upstream.addr.to_string(), "16"]);
+        run_probe(cmd)
+    };
+    let mut first = Agent::start(&cgroup, &policy);
+    let redirected = |r: &Value| r["error"].is_null() && r["upstream_saw"] != r["local"];
+    let direct = |r: &Value| r["error"].is_null() && r["upstream_saw"] == r["local"];
+    let r = echo();
+    assert!(redirected(&r), "{r}");
+
+    first.kill();
+    let killed = Instant::now();
+    // Within the heartbeat's timeout connects still meet the dead listener; then they go
+    // straight to the upstream.
+    let r = wait_for("a direct connect", || Some(echo()).filter(|r| direct(r)));
+    eprintln!("fail open: direct {:?} after the kill", killed.elapsed());
+    assert!(direct(&r), "{r}");
+
+    let mut second = Agent::start(&cgroup, &policy);
+    let r = echo();
+    assert!(redirected(&r), "redirected again once the new agent is ready: {r}");
+    let (_, stopped) = second.stop();
+    assert!(stopped["failed_open"].as_u64().unwrap() >= 1, "{stopped}");
+    assert_eq!(stopped["failed_closed"], 0, "{stopped}");
+
+    // Stopped (not killed): at once, no listener, connects go direct.
+    let r = echo();
+    assert!(direct(&r), "{r}");
+    assert_uninstall_leaves_nothing(&second, &cgroup);
+}
+
+#[test]
+fn a_second_agent_refuses_a_pin_path_in_use() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let agent = Agent::start(&cgroup, &tcp_policy(upstream.addr, "closed"));
+    let out = cgroup
+        .command(enforcer_binary())
+        .args(["run", "--policy"])
+        .arg(agent.policy_file())
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(cgroup_scoped_temp(&cgroup, "second-state"))
+        .arg("--pin-path")
+        .arg(agent.pin_path())
+        .output()
+        .expect("run a second agent");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "enforcer: error: cannot attach: pin path {}: agent pid {} is running on it; stop \
+             it first",
+            agent.pin_path().display(),
+            agent.pid()
+        )
+    );
+    // And uninstall refuses too while the agent runs.
+    let out = agent.uninstall();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(agent.pin_path().exists());
+}
