@@ -83,7 +83,10 @@ impl PortRanges {
     }
 }
 
-const _: () = assert!(MAX_PORT_RANGES <= u32::BITS as usize, "fail_open is a bit set");
+const _: () = assert!(
+    MAX_PORT_RANGES <= u32::BITS as usize,
+    "fail_open is a bit set"
+);
 
 // === Agent configuration ===
 

@@ -355,9 +355,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Refresh the heartbeat. Runs on the same runtime as the accept loops, so an agent too
 /// stuck to run it is also too stuck to serve, and counts as down.
 async fn heartbeat(redirect: Arc<Redirect>) {
-    let mut tick = tokio::time::interval(Duration::from_nanos(
-        enforcer_common::HEARTBEAT_INTERVAL_NS,
-    ));
+    let mut tick =
+        tokio::time::interval(Duration::from_nanos(enforcer_common::HEARTBEAT_INTERVAL_NS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -36,8 +36,8 @@ use aya::{
 };
 use enforcer_common::{
     AgentConfig, CONFIG_HAS_V6, CONFIG_MAP, CONN_BY_CLIENT_MAP, COUNTERS_MAP, ClientKey, ConnMeta,
-    Counter, HEARTBEAT_MAP, Ip6Words, LAYOUT_VERSION, MAX_PORT_RANGES, PINNED_MAPS,
-    PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange, PortRanges, agent_ready,
+    Counter, HEARTBEAT_MAP, Ip6Words, LAYOUT_VERSION, MAX_PORT_RANGES, PINNED_MAPS, PROTECTED_MAP,
+    PROTECTED_MAX_ENTRIES, PortRange, PortRanges, agent_ready,
 };
 use tracing::{info, warn};
 
@@ -350,7 +350,9 @@ impl Pins {
     /// (programs still attached keep them until their links are swapped) and made anew.
     fn load(&self, level: aya_log::Level) -> Result<(Ebpf, AgentConfig), Error> {
         let mut ebpf = match self.load_once(level) {
-            Err(Error::Load(aya::EbpfError::MapError(e @ MapError::IncompatiblePinnedMap { .. }))) => {
+            Err(Error::Load(aya::EbpfError::MapError(
+                e @ MapError::IncompatiblePinnedMap { .. },
+            ))) => {
                 warn!(error = %e, "pinned maps of another agent version: recreating them, state is lost");
                 self.unpin_maps()?;
                 self.load_once(level)?
@@ -410,12 +412,18 @@ impl Pins {
         let cgroup_id = cgroup.metadata().map(|m| m.ino()).unwrap_or(0);
         match link::cgroup_id(old.as_fd()) {
             Ok(id) if id == cgroup_id => {
-                link::update(old.as_fd(), prog.as_fd())
-                    .map_err(|source| pin_error("cannot replace the linked program", &path, source))?;
+                link::update(old.as_fd(), prog.as_fd()).map_err(|source| {
+                    pin_error("cannot replace the linked program", &path, source)
+                })?;
                 Ok(None)
             }
             Ok(id) => {
-                info!(program = name, from_cgroup_id = id, to_cgroup_id = cgroup_id, "moving to another cgroup");
+                info!(
+                    program = name,
+                    from_cgroup_id = id,
+                    to_cgroup_id = cgroup_id,
+                    "moving to another cgroup"
+                );
                 Ok(Some(Replaced(Some(old))))
             }
             Err(source) => Err(pin_error("cannot read pinned link", &path, source)),
@@ -437,15 +445,16 @@ impl Pins {
                 .map_err(|source| pin_error("cannot detach the old link", &path, source))?;
             remove_pin(&path)?;
         }
-        new.pin(&path).map_err(|e| {
-            pin_error("cannot pin link", &path, io::Error::other(e))
-        })?;
+        new.pin(&path)
+            .map_err(|e| pin_error("cannot pin link", &path, io::Error::other(e)))?;
         Ok(())
     }
 
     /// Detach links pinned by an agent with programs this one no longer has.
     fn remove_stale_links(&self) -> Result<(), Error> {
-        let ours: BTreeSet<&str> = std::iter::once(SOCK_OPS).chain(SOCK_ADDR_PROGRAMS).collect();
+        let ours: BTreeSet<&str> = std::iter::once(SOCK_OPS)
+            .chain(SOCK_ADDR_PROGRAMS)
+            .collect();
         for entry in read_dir(&self.links)? {
             if !entry.to_str().is_some_and(|n| ours.contains(n)) {
                 let path = self.links.join(&entry);
@@ -546,7 +555,8 @@ fn ensure_bpffs(root: &Path) -> Result<(), Error> {
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, Error> {
-    let fs = nix::sys::statfs::statfs(path).map_err(|e| pin_error("cannot stat", path, e.into()))?;
+    let fs =
+        nix::sys::statfs::statfs(path).map_err(|e| pin_error("cannot stat", path, e.into()))?;
     Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
@@ -610,7 +620,9 @@ fn running_agent(maps: &Path) -> Option<u32> {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // pid (comm) state ...: comm may hold spaces and parentheses, the state follows the last ')'.
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
         !matches!(state, None | Some("Z" | "X"))
     })
 }

@@ -179,16 +179,14 @@ async fn reload(path: &Path, store: &PolicyStore, redirect: &Redirect, trigger: 
     // Loading resolves host names: keep it off the runtime's workers.
     let loaded = tokio::task::spawn_blocking(move || Policy::load(&owned)).await;
     let result = match loaded {
-        Ok(Ok(policy)) => {
-            match redirect.set_destinations(&policy.protected()) {
-                Ok(()) => {
-                    let services = policy.services.len();
-                    store.replace(policy);
-                    Ok(services)
-                }
-                Err(e) => Err(chain(&e)),
+        Ok(Ok(policy)) => match redirect.set_destinations(&policy.protected()) {
+            Ok(()) => {
+                let services = policy.services.len();
+                store.replace(policy);
+                Ok(services)
             }
-        }
+            Err(e) => Err(chain(&e)),
+        },
         Ok(Err(e)) => Err(chain(&e)),
         Err(e) => Err(format!("BUG: policy load panicked: {e}")),
     };

@@ -269,7 +269,7 @@ impl Agent {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
         let state_dir = cgroup_scoped_temp(cgroup, "state");
-        let pin_path = Path::new("/sys/fs/bpf").join(cgroup.path().file_name().unwrap());
+        let pin_path = agent_pin_path(cgroup);
         let spawned = Instant::now();
         let mut child = cgroup
             .command(binary)
@@ -439,6 +439,11 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// Where an agent started on `cgroup` pins (one path per cgroup, so tests never share pins).
+pub fn agent_pin_path(cgroup: &Cgroup) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(cgroup.path().file_name().unwrap())
 }
 
 /// Wait for a child to exit; SIGKILL it if it does not within [`PATIENCE`].

@@ -3,6 +3,7 @@
 //! it must keep; `enforcer uninstall` leaves nothing behind.
 
 use std::{
+    fs,
     net::SocketAddr,
     process::{Command, Stdio},
     thread,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, Server, attached_program_ids, bpf_object_exists,
+    Agent, Cgroup, HttpUpstream, Server, agent_pin_path, attached_program_ids, bpf_object_exists,
     cgroup_scoped_temp, enforcer_binary, privileged, probe_binary, program_map_ids, run_probe,
     send_raw_with, wait_for,
 };
@@ -63,6 +64,23 @@ fn tcp_policy(upstream: SocketAddr, fail_mode: &str) -> String {
     )
 }
 
+/// The probe's echo exchange with `to`, from inside `cgroup`.
+fn echo(cgroup: &Cgroup, to: SocketAddr) -> Value {
+    let mut cmd = cgroup.command(probe_binary());
+    cmd.args(["echo", &to.to_string(), "16"]);
+    run_probe(cmd)
+}
+
+/// The exchange succeeded through the agent (the upstream saw the agent, not the client).
+fn redirected(r: &Value) -> bool {
+    r["error"].is_null() && r["upstream_saw"] != r["local"]
+}
+
+/// The exchange succeeded straight to the upstream.
+fn direct(r: &Value) -> bool {
+    r["error"].is_null() && r["upstream_saw"] == r["local"]
+}
+
 /// Status line of a keyed GET sent from a probe in `cgroup` as `user`.
 fn keyed_get(cgroup: &Cgroup, user: Option<(u32, u32)>, to: SocketAddr) -> String {
     let request = format!("GET /keyed/1 HTTP/1.1\r\nhost: api\r\nx-api-key: {API_KEY}\r\n\r\n");
@@ -94,7 +112,7 @@ fn links_of(progs: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// Uninstall through the agent's guard and prove with bpftool that nothing of ours is left.
+/// Uninstall a stopped agent through its guard and prove with bpftool that nothing of ours is left.
 fn assert_uninstall_leaves_nothing(agent: &Agent, cgroup: &Cgroup) {
     let progs = attached_program_ids(cgroup.path());
     assert_eq!(progs.len(), 5, "{progs:?}");
@@ -211,14 +229,8 @@ fn fail_open_connects_go_direct_until_a_new_agent_is_ready() {
     let upstream = Server::echo("127.0.0.1:0");
     let cgroup = Cgroup::new();
     let policy = tcp_policy(upstream.addr, "open");
-    let echo = || {
-        let mut cmd = cgroup.command(probe_binary());
-        cmd.args(["echo", &upstream.addr.to_string(), "16"]);
-        run_probe(cmd)
-    };
+    let echo = || echo(&cgroup, upstream.addr);
     let mut first = Agent::start(&cgroup, &policy);
-    let redirected = |r: &Value| r["error"].is_null() && r["upstream_saw"] != r["local"];
-    let direct = |r: &Value| r["error"].is_null() && r["upstream_saw"] == r["local"];
     let r = echo();
     assert!(redirected(&r), "{r}");
 
@@ -232,7 +244,10 @@ fn fail_open_connects_go_direct_until_a_new_agent_is_ready() {
 
     let mut second = Agent::start(&cgroup, &policy);
     let r = echo();
-    assert!(redirected(&r), "redirected again once the new agent is ready: {r}");
+    assert!(
+        redirected(&r),
+        "redirected again once the new agent is ready: {r}"
+    );
     let (_, stopped) = second.stop();
     assert!(stopped["failed_open"].as_u64().unwrap() >= 1, "{stopped}");
     assert_eq!(stopped["failed_closed"], 0, "{stopped}");
@@ -278,4 +293,86 @@ fn a_second_agent_refuses_a_pin_path_in_use() {
     let out = agent.uninstall();
     assert!(!out.status.success(), "{out:?}");
     assert!(agent.pin_path().exists());
+}
+
+#[test]
+fn a_hung_agent_counts_as_down() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let agent = Agent::start(&cgroup, &tcp_policy(upstream.addr, "open"));
+    let echo = || echo(&cgroup, upstream.addr);
+
+    // SAFETY: plain syscalls on our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    // Until its heartbeat is stale a connect would wait on the frozen agent: probe after.
+    thread::sleep(Duration::from_millis(1200));
+    let r = echo();
+    assert!(direct(&r), "a frozen agent is down: {r}");
+
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    wait_for("redirects again once the agent runs", || {
+        Some(echo()).filter(|r| redirected(r))
+    });
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_recreated() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let policy = tcp_policy(upstream.addr, "closed");
+    let pins = agent_pin_path(&cgroup);
+    let bpftool = |args: &[&str]| {
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+    };
+
+    // A CONFIG map of another size, as an older agent might have left.
+    fs::create_dir_all(pins.join("maps")).unwrap();
+    let config = pins.join("maps/CONFIG");
+    let config = config.to_str().unwrap();
+    bpftool(&[
+        "map", "create", config, "type", "array", "key", "4", "value", "8", "entries", "1", "name",
+        "CONFIG",
+    ]);
+    let mut agent = Agent::start(&cgroup, &policy);
+    assert_eq!(agent.ready["adopted"], false, "{}", agent.ready);
+    assert!(
+        agent
+            .log_text()
+            .contains("cannot reuse pinned map `CONFIG`"),
+        "{}",
+        agent.log_text()
+    );
+    let r = echo(&cgroup, upstream.addr);
+    assert!(redirected(&r), "{r}");
+    agent.stop();
+
+    // Same sizes, another layout version (the first word of CONFIG).
+    let mut value = vec!["0"; 40];
+    value[0] = "1";
+    let mut args = vec![
+        "map", "update", "pinned", config, "key", "0", "0", "0", "0", "value",
+    ];
+    args.extend(value);
+    bpftool(&args);
+    let mut agent = Agent::start(&cgroup, &policy);
+    assert_eq!(agent.ready["adopted"], false, "{}", agent.ready);
+    assert!(
+        agent.log_text().contains("another layout version"),
+        "{}",
+        agent.log_text()
+    );
+    let r = echo(&cgroup, upstream.addr);
+    assert!(redirected(&r), "{r}");
+    agent.stop();
+    assert_uninstall_leaves_nothing(&agent, &cgroup);
 }

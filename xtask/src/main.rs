@@ -176,11 +176,13 @@ fn run(policy: &str, args: &[String]) -> anyhow::Result<()> {
 
 /// The `--pin-path` among the agent's arguments, if any.
 fn pin_path(args: &[String]) -> Option<String> {
-    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--pin-path") {
-        Some("") => args.get(i + 1).cloned(),
-        Some(rest) => rest.strip_prefix('=').map(str::to_string),
-        None => None,
-    })
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--pin-path") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        })
 }
 
 fn lint() -> anyhow::Result<()> {

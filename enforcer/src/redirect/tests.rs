@@ -104,7 +104,10 @@ fn fail_modes_follow_ranges_and_closed_wins_overlaps() {
 fn subtracting_port_ranges() {
     let p = |first, last| Ports { first, last };
     assert_eq!(subtract(vec![p(1, 65535)], &[p(1, 1)]), vec![p(2, 65535)]);
-    assert_eq!(subtract(vec![p(1, 65535)], &[p(65535, 65535)]), vec![p(1, 65534)]);
+    assert_eq!(
+        subtract(vec![p(1, 65535)], &[p(65535, 65535)]),
+        vec![p(1, 65534)]
+    );
     assert_eq!(subtract(vec![p(5, 9)], &[p(1, 20)]), vec![]);
     assert_eq!(
         subtract(vec![p(1, 10), p(20, 30)], &[p(3, 4), p(8, 22)]),
