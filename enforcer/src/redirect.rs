@@ -162,24 +162,20 @@ impl Redirect {
         let cgroup_dir = open_cgroup(cgroup)?;
         let entries = protected_entries(protected)?;
         let pins = Pins::prepare(pin_path)?;
+        // Before anything is touched: two agents on one pin path would undo each other.
+        if let Some(pid) = running_agent(&pins.maps) {
+            return Err(Error::InUse {
+                path: pin_path.to_owned(),
+                pid,
+            });
+        }
 
         let (mut ebpf, previous) = pins.load(kernel_log_level)?;
         let adopted = previous.layout == LAYOUT_VERSION;
         // No log map means no log statement survived compilation: nothing to read.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
-        let heartbeat: Array<_, u64> = take_map(&mut ebpf, HEARTBEAT_MAP)?;
-        let beat = heartbeat.get(&0, 0).unwrap_or(0);
-        if adopted
-            && agent_ready(beat, boot_ns())
-            && previous.agent_tgid != std::process::id()
-            && alive(previous.agent_tgid)
-        {
-            return Err(Error::InUse {
-                path: pin_path.to_owned(),
-                pid: previous.agent_tgid,
-            });
-        }
+        let heartbeat = take_map(&mut ebpf, HEARTBEAT_MAP)?;
         let mut config: Array<_, AgentConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         config
             .set(0, &agent_config(listeners), 0)
@@ -383,7 +379,7 @@ impl Pins {
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, false);
         for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         loader.load(EBPF_OBJECT).map_err(Error::Load)
     }
@@ -604,7 +600,7 @@ pub fn uninstall(pin_path: &Path) -> Result<Removed, Error> {
     Ok(removed)
 }
 
-/// The pid of a live agent whose heartbeat is fresh in the maps pinned at `maps`.
+/// The pid of another live agent whose heartbeat is fresh in the maps pinned at `maps`.
 fn running_agent(maps: &Path) -> Option<u32> {
     let heartbeat = MapData::from_pin(maps.join(HEARTBEAT_MAP)).ok()?;
     let heartbeat: Array<_, u64> = Array::try_from(aya::maps::Map::Array(heartbeat)).ok()?;
@@ -612,7 +608,7 @@ fn running_agent(maps: &Path) -> Option<u32> {
     let config: Array<_, AgentConfig> = Array::try_from(aya::maps::Map::Array(config)).ok()?;
     let beat = heartbeat.get(&0, 0).ok()?;
     let pid = config.get(&0, 0).ok()?.agent_tgid;
-    (agent_ready(beat, boot_ns()) && alive(pid)).then_some(pid)
+    (agent_ready(beat, boot_ns()) && pid != std::process::id() && alive(pid)).then_some(pid)
 }
 
 /// Whether process `pid` exists and has not exited (a killed agent stays a zombie until its

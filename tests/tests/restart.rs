@@ -238,7 +238,7 @@ fn fail_open_connects_go_direct_until_a_new_agent_is_ready() {
     let killed = Instant::now();
     // Within the heartbeat's timeout connects still meet the dead listener; then they go
     // straight to the upstream.
-    let r = wait_for("a direct connect", || Some(echo()).filter(|r| direct(r)));
+    let r = wait_for("a direct connect", || Some(echo()).filter(direct));
     eprintln!("fail open: direct {:?} after the kill", killed.elapsed());
     assert!(direct(&r), "{r}");
 
@@ -314,7 +314,7 @@ fn a_hung_agent_counts_as_down() {
 
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
     wait_for("redirects again once the agent runs", || {
-        Some(echo()).filter(|r| redirected(r))
+        Some(echo()).filter(redirected)
     });
 }
 
