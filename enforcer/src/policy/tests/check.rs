@@ -378,3 +378,25 @@ rules:
     assert_eq!(p.services["db"].protocol, Protocol::Tcp);
     assert_eq!(p.services["api"].protocol, Protocol::Http);
 }
+
+#[test]
+fn fail_mode_defaults_to_closed_and_reaches_the_kernel_view() {
+    let text = "version: 1
+services:
+  db: {endpoints: [\"10.0.0.9:5432\"], protocol: tcp, failMode: open}
+  api: {endpoints: [\"10.0.0.1:80\"]}
+";
+    let p = policy(text);
+    assert_eq!(p.services["db"].fail_mode, FailMode::Open);
+    assert_eq!(p.services["api"].fail_mode, FailMode::Closed);
+    let modes: Vec<(u16, FailMode)> = p
+        .protected()
+        .iter()
+        .map(|(d, m)| (d.ports.first, *m))
+        .collect();
+    assert_eq!(modes, vec![(80, FailMode::Closed), (5432, FailMode::Open)]);
+    assert_eq!(
+        diagnostics(&text.replace("failMode: open", "failMode: bypass")),
+        "test.yaml:3:63: unknown variant `bypass`, expected one of closed, open"
+    );
+}
