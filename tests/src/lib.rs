@@ -269,7 +269,12 @@ impl Agent {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
         let state_dir = cgroup_scoped_temp(cgroup, "state");
-        let pin_path = agent_pin_path(cgroup);
+        // Its own pin path, unless the test names one.
+        let pin_arg = extra_args.iter().position(|a| *a == "--pin-path");
+        let pin_path = match pin_arg {
+            Some(i) => PathBuf::from(extra_args[i + 1]),
+            None => agent_pin_path(cgroup),
+        };
         let spawned = Instant::now();
         let mut child = cgroup
             .command(binary)
@@ -280,8 +285,8 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&state_dir)
-            .arg("--pin-path")
-            .arg(&pin_path)
+            .args(pin_arg.is_none().then_some("--pin-path"))
+            .args(pin_arg.is_none().then_some(&pin_path))
             .args(extra_args)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())

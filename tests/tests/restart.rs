@@ -376,3 +376,29 @@ fn pinned_maps_of_another_layout_are_recreated() {
     agent.stop();
     assert_uninstall_leaves_nothing(&agent, &cgroup);
 }
+
+#[test]
+fn an_agent_on_another_cgroup_moves_the_programs_there() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let policy = tcp_policy(upstream.addr, "closed");
+    let old_cgroup = Cgroup::new();
+    let mut first = Agent::start(&old_cgroup, &policy);
+    first.stop();
+    let pins = first.pin_path().to_str().unwrap().to_string();
+
+    let cgroup = Cgroup::new();
+    let second = Agent::start_with(&cgroup, &policy, &["--pin-path", &pins]);
+    assert_eq!(second.ready["adopted"], true, "{}", second.ready);
+    assert!(
+        second.log_text().contains("moving to another cgroup"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(attached_program_ids(old_cgroup.path()), Vec::<u64>::new());
+    assert_eq!(attached_program_ids(cgroup.path()).len(), 5);
+    assert!(direct(&echo(&old_cgroup, upstream.addr)));
+    assert!(redirected(&echo(&cgroup, upstream.addr)));
+}
