@@ -16,7 +16,7 @@ use tokio::{
     net::TcpListener,
     signal::unix::SignalKind,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use enforcer::{
     audit::Audit,
@@ -304,16 +304,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "enforcer ready"
     );
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
-    }
-    // First of all, so new connects follow their fail mode at once rather than meet a
-    // listener that is closing. The programs stay attached for the next agent.
-    heartbeat.abort();
-    let _ = heartbeat.await;
-    if let Err(e) = redirect.stop_heartbeat() {
-        warn!(error = %e, "heartbeat not cleared: connects may meet a closed listener for 1 s");
+    let mut heartbeat = heartbeat;
+    let taken_over = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { info!("SIGINT: shutting down"); None }
+        pid = &mut heartbeat => pid.ok(),
+    };
+    match taken_over {
+        // The heartbeat is the other agent's now: leave it alone.
+        Some(pid) => error!(
+            pid,
+            "another agent has taken over the pin path: shutting down"
+        ),
+        // First of all, so new connects follow their fail mode at once rather than meet a
+        // listener that is closing. The programs stay attached for the next agent.
+        None => {
+            heartbeat.abort();
+            let _ = heartbeat.await;
+            if let Err(e) = redirect.stop_heartbeat() {
+                warn!(error = %e, "heartbeat not cleared: connects may meet a closed listener for 1 s");
+            }
+        }
     }
     for task in &tasks {
         task.abort();
@@ -349,19 +360,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_path = %args.pin_path.display(),
         "enforcer stopped; programs stay attached (`enforcer uninstall` removes them)"
     );
-    Ok(())
+    match taken_over {
+        Some(pid) => bail!("agent pid {pid} has taken over {}", args.pin_path.display()),
+        None => Ok(()),
+    }
 }
 
 /// Refresh the heartbeat. Runs on the same runtime as the accept loops, so an agent too
-/// stuck to run it is also too stuck to serve, and counts as down.
-async fn heartbeat(redirect: Arc<Redirect>) {
+/// stuck to run it is also too stuck to serve, and counts as down. Returns the pid of an agent
+/// that took over the pin path.
+async fn heartbeat(redirect: Arc<Redirect>) -> u32 {
     let mut tick =
         tokio::time::interval(Duration::from_nanos(enforcer_common::HEARTBEAT_INTERVAL_NS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = redirect.beat() {
-            warn!(error = %e, "heartbeat not written: connects fail over to their fail mode");
+        match redirect.beat() {
+            Ok(()) => {}
+            Err(redirect::Error::TakenOver { pid }) => return pid,
+            Err(e) => {
+                warn!(error = %e, "heartbeat not written: connects fail over to their fail mode")
+            }
         }
     }
 }

@@ -117,6 +117,8 @@ pub enum Error {
     NotBpffs { path: PathBuf },
     #[error("pin path {}: agent pid {pid} is running on it; stop it first", path.display())]
     InUse { path: PathBuf, pid: u32 },
+    #[error("agent pid {pid} has taken over the pin path")]
+    TakenOver { pid: u32 },
 }
 
 /// Reader of the programs' aya-log records.
@@ -138,6 +140,7 @@ pub struct Redirect {
     protected: Mutex<Protected>,
     counters: PerCpuArray<MapData, u64>,
     heartbeat: Mutex<Array<MapData, u64>>,
+    config: Array<MapData, AgentConfig>,
     cgroup: PathBuf,
     adopted: bool,
 }
@@ -224,6 +227,7 @@ impl Redirect {
                 protected: Mutex::new(protected),
                 counters,
                 heartbeat: Mutex::new(heartbeat),
+                config,
                 cgroup: cgroup.to_owned(),
                 adopted,
             },
@@ -231,12 +235,26 @@ impl Redirect {
         ))
     }
 
-    /// Vouch that the agent is ready for about `HEARTBEAT_TIMEOUT_NS` more.
+    /// Vouch that the agent is ready for about `HEARTBEAT_TIMEOUT_NS` more. Refused once
+    /// another agent has taken the pin path over (this one was hung while it started): the
+    /// programs now send connects to that agent, and this one must not vouch for it.
     pub fn beat(&self) -> Result<(), Error> {
+        let owner = self
+            .config
+            .get(&0, 0)
+            .map_err(|source| Error::Map {
+                name: CONFIG_MAP,
+                source,
+            })?
+            .agent_tgid;
+        if owner != std::process::id() {
+            return Err(Error::TakenOver { pid: owner });
+        }
         self.set_heartbeat(boot_ns())
     }
 
-    /// Declare the agent down at once: new connects follow their fail mode.
+    /// Declare the agent down at once: new connects follow their fail mode. Only for an
+    /// agent whose [`Redirect::beat`] has not been refused.
     pub fn stop_heartbeat(&self) -> Result<(), Error> {
         self.set_heartbeat(0)
     }

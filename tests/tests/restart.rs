@@ -402,3 +402,31 @@ fn an_agent_on_another_cgroup_moves_the_programs_there() {
     assert!(direct(&echo(&old_cgroup, upstream.addr)));
     assert!(redirected(&echo(&cgroup, upstream.addr)));
 }
+
+#[test]
+fn a_hung_agent_that_wakes_after_a_takeover_steps_aside() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let policy = tcp_policy(upstream.addr, "closed");
+    let mut first = Agent::start(&cgroup, &policy);
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) };
+    thread::sleep(Duration::from_millis(1200));
+    // Its heartbeat is stale: a supervisor's new agent may take over.
+    let second = Agent::start(&cgroup, &policy);
+    assert_eq!(second.ready["adopted"], true, "{}", second.ready);
+
+    unsafe { libc::kill(first.pid() as i32, libc::SIGCONT) };
+    first.wait_event("the first agent to step aside", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another agent has taken over"))
+    });
+    let (status, _) = first.stop();
+    assert!(!status.success(), "{status}");
+    // The new agent's heartbeat was left alone.
+    assert!(redirected(&echo(&cgroup, upstream.addr)));
+}
