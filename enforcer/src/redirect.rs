@@ -335,7 +335,7 @@ struct Pins {
     links: PathBuf,
 }
 
-/// A link of ours pinned at a path that must be replaced by a new one once it is attached.
+/// What a newly attached link replaces: the program's pinned link on another cgroup, if any.
 struct Replaced(Option<std::os::fd::OwnedFd>);
 
 impl Pins {
