@@ -20,6 +20,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    Global,
     EbpfContext as _,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
@@ -57,6 +58,12 @@ const REFUSE: i32 = 0;
 /// running: clients report and retry it as a transient outage, and it reads differently from
 /// EPERM, which remains the errno of a connect refused for good (no listener, map full).
 const ECONNREFUSED: i32 = 111;
+
+/// Set to 1 by the agent where the kernel has `bpf_set_retval` (Linux 5.18); older kernels
+/// (5.10, 6.1) then give EPERM for fail-closed connects too. A load-time constant in frozen
+/// .rodata, so an older kernel's verifier prunes the branch and never sees the helper.
+#[unsafe(no_mangle)]
+static SET_RETVAL: Global<u8> = Global::new(0);
 
 #[map(name = "PROTECTED")]
 static PROTECTED: LpmTrie<Ip6Words, PortRanges> =
@@ -114,8 +121,10 @@ fn agent_down(mode: FailMode) -> i32 {
     match mode {
         FailMode::Closed => {
             count(Counter::FailedClosed);
-            // SAFETY: plain helper; connect4/6 may set their return value.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            if SET_RETVAL.load() != 0 {
+                // SAFETY: plain helper; connect4/6 may set their return value.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+            }
             REFUSE
         }
         FailMode::Open => {

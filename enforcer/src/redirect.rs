@@ -396,6 +396,8 @@ impl Pins {
         let level = level as u8;
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, false);
+        let set_retval = u8::from(set_retval_supported());
+        loader.override_global("SET_RETVAL", &set_retval, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -953,3 +955,8 @@ fn ports(first: u32, last: u32) -> Ports {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether connect programs may choose their errno (`bpf_set_retval`, Linux 5.18).
+fn set_retval_supported() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 18, 0))
+}
