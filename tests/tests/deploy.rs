@@ -19,7 +19,11 @@ use serde_json::Value;
 
 /// A metric: name, type, and labels with their values where the set is closed (an empty list:
 /// any value).
-type Metric = (&'static str, Type, &'static [(&'static str, &'static [&'static str])]);
+type Metric = (
+    &'static str,
+    Type,
+    &'static [(&'static str, &'static [&'static str])],
+);
 
 /// Every metric the agent exports. Alerts and dashboard may use nothing else.
 const METRICS: &[Metric] = &[
@@ -185,7 +189,12 @@ fn verify(unit: &Path) -> String {
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
     let unit = templated_unit("verify", |u| u);
-    assert_eq!(verify(&unit), "", "systemd-analyze verify {}", unit.display());
+    assert_eq!(
+        verify(&unit),
+        "",
+        "systemd-analyze verify {}",
+        unit.display()
+    );
     // The check can fail: a misspelt value is reported.
     let broken = templated_unit("broken", |u| {
         u.replace("ProtectSystem=strict", "ProtectSystem=strikt")
@@ -275,12 +284,12 @@ fn unit_and_daemonset_grant_the_same_capabilities() {
 }
 
 /// The strongest check short of systemd itself (not PID 1 on these machines, so
-/// `systemd-run` cannot be used): the real agent, run as root with exactly the unit's
-/// capability set and no_new_privs, attaches, and identifies a caller of another user running
-/// a binary only its owner may read (CAP_SYS_PTRACE for /proc/<pid>/exe, CAP_DAC_READ_SEARCH
-/// for the digest).
+/// `systemd-run` cannot be used): the real agent, in the unit's mount sandbox as far as it can
+/// be had without systemd, and run as root with exactly the unit's capability set and
+/// no_new_privs, attaches, and identifies a caller of another user running a binary only its
+/// owner may read (CAP_SYS_PTRACE for /proc/<pid>/exe, CAP_DAC_READ_SEARCH for the digest).
 #[test]
-fn the_units_capabilities_are_enough_for_the_agent() {
+fn the_agent_runs_in_the_units_sandbox_with_its_capabilities() {
     if !privileged() {
         return;
     }
@@ -290,12 +299,31 @@ fn the_units_capabilities_are_enough_for_the_agent() {
         .collect::<Vec<_>>()
         .join(",");
     let cgroup = Cgroup::new();
-    let wrapper = cgroup_scoped_temp(&cgroup, "enforcer-capped.sh");
+    let wrapper = cgroup_scoped_temp(&cgroup, "enforcer-sandboxed.sh");
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec setpriv --bounding-set={bounding} --inh-caps=-all --ambient-caps=-all --no-new-privs -- {} \"$@\"\n",
-            enforcer_binary().display()
+            r#"#!/bin/sh
+# Re-run in a private mount namespace.
+[ -n "$ENFORCER_SANDBOXED" ] || ENFORCER_SANDBOXED=1 exec unshare --mount -- "$0" "$@"
+set -e
+mount --make-rprivate /
+# systemd mounts bpffs here at boot (ReadWritePaths=/sys/fs/bpf keeps it writable).
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# PrivateTmp=yes gives the service a writable /tmp of its own.
+mountpoint -q /tmp || mount --bind /tmp /tmp
+# ProtectHome=yes.
+for home in /home /root; do
+    if [ -d "$home" ]; then mount -t tmpfs -o ro,mode=0755 tmpfs "$home"; fi
+done
+# ProtectSystem=strict, ProtectKernelTunables=yes, ProtectControlGroups=yes.
+mount -o remount,bind,ro /
+for m in $(cut -d' ' -f2 /proc/self/mounts | grep '^/sys' | grep -vx /sys/fs/bpf); do
+    mount -o remount,bind,ro "$m"
+done
+exec setpriv --bounding-set={bounding} --inh-caps=-all --ambient-caps=-all --no-new-privs -- {agent} "$@"
+"#,
+            agent = enforcer_binary().display()
         ),
     )
     .unwrap();
@@ -334,6 +362,20 @@ rules:
     );
     let agent = Agent::spawn(&wrapper, &cgroup, &policy, &[]);
 
+    // The sandbox is in place: the agent's system is read-only.
+    let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).unwrap();
+    let root_options = mountinfo
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields[4] == "/").then(|| fields[5].to_string())
+        })
+        .unwrap();
+    assert!(
+        root_options.starts_with("ro"),
+        "agent's / is {root_options}"
+    );
+
     let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let effective = status
         .lines()
@@ -356,7 +398,15 @@ rules:
 
     let out = cgroup
         .command_as(&client, Some((nobody_uid, nobody_gid)))
-        .args(["-s", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} "])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} ",
+        ])
         .arg(format!("http://{u}/public/a"))
         .arg(format!("http://{u}/admin"))
         .output()
@@ -488,7 +538,9 @@ fn kubernetes_schemas_refuse_unknown_fields() {
     monitor["spec"]["endpoints"][0]["interval"] = Value::String("15 seconds".into());
     let errors = schemas.errors(&monitor);
     assert!(
-        errors.iter().any(|e| e.starts_with("/spec/endpoints/0/interval")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("/spec/endpoints/0/interval")),
         "{errors:?}"
     );
 }
@@ -550,12 +602,17 @@ fn daemonset_service_and_monitor_are_wired_together() {
     assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
 
     // Host paths the agent's flags point into.
-    assert_eq!(arg(&args, "cgroup"), mount_path(container, "cgroup")["mountPath"]);
+    assert_eq!(
+        arg(&args, "cgroup"),
+        mount_path(container, "cgroup")["mountPath"]
+    );
     assert_eq!(
         arg(&args, "state-dir"),
         mount_path(container, "state")["mountPath"]
     );
-    let bpffs = mount_path(container, "bpffs")["mountPath"].as_str().unwrap();
+    let bpffs = mount_path(container, "bpffs")["mountPath"]
+        .as_str()
+        .unwrap();
     assert!(arg(&args, "pin-path").starts_with(&format!("{bpffs}/")));
 
     // Health and metrics: on the pod IP (the node's, with hostNetwork), on the named port that
@@ -606,9 +663,16 @@ fn daemonset_service_and_monitor_are_wired_together() {
         .as_object()
         .unwrap()
     {
-        assert_eq!(service_labels.get(k), Some(v), "ServiceMonitor selects {k}={v}");
+        assert_eq!(
+            service_labels.get(k),
+            Some(v),
+            "ServiceMonitor selects {k}={v}"
+        );
     }
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], service_port["name"]);
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service_port["name"]
+    );
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     // The alert rules expect job="enforcer".
     let job_label = monitor["spec"]["jobLabel"].as_str().unwrap();
@@ -634,7 +698,12 @@ fn configmap_policy_passes_enforcer_check() {
     fs::write(&file, policy).unwrap();
     let out = run(Command::new(enforcer_binary()).arg("check").arg(&file));
     fs::remove_file(&file).unwrap();
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 // === Prometheus and Grafana ===
@@ -770,7 +839,9 @@ fn grouping_labels(expr: &str) -> Vec<String> {
 fn metric(name: &str) -> Result<&'static Metric, String> {
     if let Some(m) = METRICS.iter().find(|(n, _, _)| *n == name) {
         if m.1 == Type::Histogram {
-            return Err(format!("{name} is a histogram: use _bucket, _sum or _count"));
+            return Err(format!(
+                "{name} is a histogram: use _bucket, _sum or _count"
+            ));
         }
         return Ok(m);
     }
@@ -845,7 +916,11 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_labels() {
         for p in metric_problems(&expr) {
             problems.push(format!("{place}: {p}"));
         }
-        used.extend(selectors(&expr).into_iter().filter_map(|(n, _)| metric(&n).ok().map(|m| m.0)));
+        used.extend(
+            selectors(&expr)
+                .into_iter()
+                .filter_map(|(n, _)| metric(&n).ok().map(|m| m.0)),
+        );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // The dashboard (and alerts) leave no exported metric unused.
@@ -853,7 +928,9 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_labels() {
     assert_eq!(used, all);
     // The checker itself catches what it is for.
     assert_eq!(
-        metric_problems(r#"sum by (decision, pod) (rate(enforcer_requests_total{decision="denied"}[5m])) + enforcer_latency_seconds + enforcer_added_latency_seconds"#),
+        metric_problems(
+            r#"sum by (decision, pod) (rate(enforcer_requests_total{decision="denied"}[5m])) + enforcer_latency_seconds + enforcer_added_latency_seconds"#
+        ),
         [
             "enforcer_requests_total{decision} never has the value \"denied\"",
             "enforcer_latency_seconds is not an exported metric",
