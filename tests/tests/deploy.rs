@@ -308,8 +308,9 @@ fn the_agent_runs_in_the_units_sandbox_with_its_capabilities() {
 [ -n "$ENFORCER_SANDBOXED" ] || ENFORCER_SANDBOXED=1 exec unshare --mount -- "$0" "$@"
 set -e
 mount --make-rprivate /
-# systemd mounts bpffs here at boot (ReadWritePaths=/sys/fs/bpf keeps it writable).
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# bpffs, as systemd mounts it at boot (ReadWritePaths=/sys/fs/bpf keeps it writable); an
+# instance of this test's own, so pins die with the namespace instead of outliving the test.
+mount -t bpf bpf /sys/fs/bpf
 # PrivateTmp=yes gives the service a writable /tmp of its own.
 mountpoint -q /tmp || mount --bind /tmp /tmp
 # ProtectHome=yes.
@@ -801,8 +802,11 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     exprs
 }
 
-/// Metric names in `expr`, each with its label matchers `(label, op, value)`.
-fn selectors(expr: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+/// A label matcher: label, operator (`=`, `!=`, `=~`, `!~`), value.
+type Matcher = (String, String, String);
+
+/// Metric names in `expr`, each with its label matchers.
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
     let selector = Regex::new(r"\b(enforcer_[a-z0-9_]+)\b(\{[^}]*\})?").unwrap();
     let matcher = Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)""#).unwrap();
     selector
