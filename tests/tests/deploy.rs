@@ -283,6 +283,57 @@ fn unit_and_daemonset_grant_the_same_capabilities() {
     }
 }
 
+/// Every flag the unit, the DaemonSet and the image pass to the agent is one it accepts (by its
+/// `--help`), and each runs `enforcer [global flags] run ...`.
+#[test]
+fn unit_daemonset_and_image_pass_only_flags_the_agent_accepts() {
+    let help = |args: &[&str]| text(&run(Command::new(enforcer_binary()).args(args)).stdout);
+    let (global, run_flags) = (help(&["--help"]), help(&["run", "--help"]));
+    let unit = read(UNIT).replace("\\\n", " ");
+    let exec_start: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let daemonset_args: Vec<String> =
+        daemonset()["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+    let cmd = read("Dockerfile")
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .map(|c| serde_json::from_str::<Vec<String>>(c).unwrap())
+        .unwrap();
+    for (what, args) in [
+        ("unit", exec_start),
+        ("DaemonSet", daemonset_args),
+        ("image", cmd),
+    ] {
+        let at = args
+            .iter()
+            .position(|a| a == "run")
+            .unwrap_or_else(|| panic!("{what} does not run `enforcer run`: {args:?}"));
+        for (i, flag) in args.iter().enumerate().filter(|(_, a)| a.starts_with("--")) {
+            let name = flag.split('=').next().unwrap();
+            let (known, help) = if i < at {
+                (&global, "enforcer --help")
+            } else {
+                (&run_flags, "enforcer run --help")
+            };
+            assert!(
+                known.contains(&format!("{name} ")),
+                "{what} passes {name}, which `{help}` does not list"
+            );
+        }
+    }
+}
+
 /// The strongest check short of systemd itself (not PID 1 on these machines, so
 /// `systemd-run` cannot be used): the real agent, in the unit's mount sandbox as far as it can
 /// be had without systemd, and run as root with exactly the unit's capability set and
