@@ -123,8 +123,9 @@ enum Type {
 }
 
 /// Kernel capability numbers (linux/capability.h) of the capabilities deploy/ grants.
-const CAPABILITIES: [(&str, u32); 7] = [
+const CAPABILITIES: [(&str, u32); 8] = [
     ("CAP_DAC_READ_SEARCH", 2),
+    ("CAP_SETPCAP", 8),
     ("CAP_NET_ADMIN", 12),
     ("CAP_SYS_PTRACE", 19),
     ("CAP_SYS_ADMIN", 21),
@@ -251,30 +252,15 @@ fn unit_and_daemonset_grant_the_same_capabilities() {
         container["securityContext"]["capabilities"]["drop"],
         serde_json::json!(["ALL"])
     );
-    // The DaemonSet adds CAP_SYS_RESOURCE (no LimitMEMLOCK= there) and CAP_SYS_ADMIN for
-    // nsenter, which setpriv drops before the agent starts.
+    // The DaemonSet adds CAP_SYS_RESOURCE (no LimitMEMLOCK= there), and CAP_SYS_ADMIN and
+    // CAP_SETPCAP for its command, which drops them before the agent starts (tested below).
     let mut expected = unit.clone();
-    expected.extend(["CAP_SYS_RESOURCE".into(), "CAP_SYS_ADMIN".into()]);
+    expected.extend([
+        "CAP_SYS_RESOURCE".into(),
+        "CAP_SYS_ADMIN".into(),
+        "CAP_SETPCAP".into(),
+    ]);
     assert_eq!(added, expected);
-    let command: Vec<&str> = container["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(
-        command,
-        [
-            "nsenter",
-            "--cgroup=/proc/1/ns/cgroup",
-            "--",
-            "setpriv",
-            "--bounding-set=-sys_admin",
-            "--inh-caps=-sys_admin",
-            "--",
-            "/usr/local/bin/enforcer"
-        ]
-    );
     for cap in &added {
         assert!(
             CAPABILITIES.iter().any(|(name, _)| name == cap),
@@ -334,6 +320,38 @@ fn unit_daemonset_and_image_pass_only_flags_the_agent_accepts() {
     }
 }
 
+/// The bit mask of capabilities named `CAP_*`.
+fn mask<'a>(caps: impl IntoIterator<Item = &'a String>) -> u64 {
+    caps.into_iter().fold(0, |mask, cap| {
+        let (_, bit) = CAPABILITIES
+            .iter()
+            .find(|(name, _)| name == cap)
+            .unwrap_or_else(|| panic!("unknown capability {cap}"));
+        mask | 1 << bit
+    })
+}
+
+/// A capability set of process `pid` (`field`: CapEff, CapBnd, ... of /proc/<pid>/status).
+fn capability_set(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// setpriv's `--bounding-set` value keeping only `caps`.
+fn setpriv_only<'a>(caps: impl IntoIterator<Item = &'a String>) -> String {
+    std::iter::once("-all".to_string())
+        .chain(
+            caps.into_iter()
+                .map(|c| format!("+{}", c[4..].to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The strongest check short of systemd itself (not PID 1 on these machines, so
 /// `systemd-run` cannot be used): the real agent, in the unit's mount sandbox as far as it can
 /// be had without systemd, and run as root with exactly the unit's capability set and
@@ -345,10 +363,7 @@ fn the_agent_runs_in_the_units_sandbox_with_its_capabilities() {
         return;
     }
     let caps = unit_capabilities();
-    let bounding = std::iter::once("-all".to_string())
-        .chain(caps.iter().map(|c| format!("+{}", c[4..].to_lowercase())))
-        .collect::<Vec<_>>()
-        .join(",");
+    let bounding = setpriv_only(&caps);
     let cgroup = Cgroup::new();
     let wrapper = cgroup_scoped_temp(&cgroup, "enforcer-sandboxed.sh");
     fs::write(
@@ -428,19 +443,8 @@ rules:
         "agent's / is {root_options}"
     );
 
-    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
-        .unwrap();
-    let expected = caps.iter().fold(0u64, |mask, cap| {
-        let (_, bit) = CAPABILITIES
-            .iter()
-            .find(|(name, _)| name == cap)
-            .unwrap_or_else(|| panic!("unknown capability {cap}"));
-        mask | 1 << bit
-    });
+    let effective = capability_set(agent.pid(), "CapEff");
+    let expected = mask(&caps);
     assert_eq!(
         effective,
         expected,
@@ -472,6 +476,132 @@ rules:
     let requests = upstream.requests();
     assert_eq!(requests.len(), 1, "the denied request reached the upstream");
     assert_eq!(requests[0].target, "/public/a");
+}
+
+/// The DaemonSet's command, run as its container would be (only the DaemonSet's capabilities,
+/// a cgroup namespace of its own), with this host's cgroup namespace in place of
+/// /proc/1/ns/cgroup: the agent sees callers' cgroups as the host does, so a systemd-unit
+/// identity matches, and holds neither CAP_SYS_ADMIN nor CAP_SETPCAP. Without the nsenter
+/// prefix the same caller is not recognised: the prefix is what makes container and unit
+/// identities work in Kubernetes.
+#[test]
+fn daemonset_command_joins_the_host_cgroup_namespace_and_drops_sys_admin() {
+    if !privileged() {
+        return;
+    }
+    let container = daemonset()["spec"]["template"]["spec"]["containers"][0].clone();
+    let host_namespace = format!("/proc/{}/ns/cgroup", std::process::id());
+    let agent = enforcer_binary().display().to_string();
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c.as_str()
+                .unwrap()
+                .replace("/proc/1/ns/cgroup", &host_namespace)
+                .replace("/usr/local/bin/enforcer", &agent)
+        })
+        .collect();
+    assert_eq!(command[0], "nsenter");
+    assert_eq!(command.last(), Some(&agent));
+    let granted: BTreeSet<String> = container["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().unwrap()))
+        .collect();
+    // A container cannot get what the machine's own bounding set lacks (CAP_SYS_RESOURCE on
+    // these VMs): grant what there is.
+    let host = capability_set(std::process::id(), "CapBnd");
+    let grantable: BTreeSet<String> = granted
+        .iter()
+        .filter(|c| host & mask([*c]) != 0)
+        .cloned()
+        .collect();
+    for missing in granted.difference(&grantable) {
+        eprintln!("this machine cannot grant {missing}: the container runs without it here");
+    }
+    let dropped = mask(&["CAP_SYS_ADMIN".to_string(), "CAP_SETPCAP".to_string()]);
+
+    let (status, effective, bounding) = contained_agent_call(&command, &grantable);
+    assert_eq!(
+        status, "200",
+        "a caller in deploy-bot.service was not recognised"
+    );
+    assert_eq!(
+        effective,
+        mask(&grantable) & !dropped,
+        "agent's effective set"
+    );
+    assert_eq!(
+        bounding,
+        mask(&grantable) & !dropped,
+        "agent's bounding set"
+    );
+
+    // Only the setpriv part: the agent stays in the container's cgroup namespace.
+    let setpriv_at = command.iter().position(|c| c == "setpriv").unwrap();
+    let (status, _, _) = contained_agent_call(&command[setpriv_at..], &grantable);
+    assert_eq!(
+        status, "403",
+        "recognised the caller without the host's cgroup namespace"
+    );
+}
+
+/// Start the agent through `command` in a "container" (bounding set `caps`, a cgroup
+/// namespace of its own), have curl in a `deploy-bot.service` cgroup call a service only that
+/// unit may call, and return curl's status and the agent's effective and bounding sets.
+fn contained_agent_call(command: &[String], caps: &BTreeSet<String>) -> (String, u64, u64) {
+    let cgroup = Cgroup::new();
+    let bot = cgroup.child("deploy-bot.service");
+    let wrapper = cgroup_scoped_temp(&cgroup, "enforcer-contained.sh");
+    fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# The container: only its capabilities, and a cgroup namespace of its own.
+[ -n "$ENFORCER_CONTAINED" ] || ENFORCER_CONTAINED=1 exec setpriv --bounding-set={bounding} --inh-caps=-all --ambient-caps=-all -- unshare --cgroup -- "$0" "$@"
+exec {command} "$@"
+"#,
+            bounding = setpriv_only(caps),
+            command = command.join(" "),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let u = upstream.addr();
+    let policy = format!(
+        r#"version: 1
+settings:
+  mode: enforce
+identities:
+  deploy-bot:
+    systemdUnit: deploy-bot.service
+services:
+  api:
+    endpoints: ["{u}"]
+rules:
+  - id: deploy-bot-purges
+    from: [deploy-bot]
+    to: api
+    methods: [GET]
+    paths: ["/purge"]
+"#
+    );
+    let agent = Agent::spawn(&wrapper, &cgroup, &policy, &[]);
+    let out = bot
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{u}/purge"))
+        .output()
+        .unwrap();
+    (
+        text(&out.stdout),
+        capability_set(agent.pid(), "CapEff"),
+        capability_set(agent.pid(), "CapBnd"),
+    )
 }
 
 // === Kubernetes ===
