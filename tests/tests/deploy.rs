@@ -529,16 +529,9 @@ fn daemonset_command_joins_the_host_cgroup_namespace_and_drops_sys_admin() {
         status, "200",
         "a caller in deploy-bot.service was not recognised"
     );
-    assert_eq!(
-        effective,
-        mask(&grantable) & !dropped,
-        "agent's effective set"
-    );
-    assert_eq!(
-        bounding,
-        mask(&grantable) & !dropped,
-        "agent's bounding set"
-    );
+    let expected = format!("{:#x}", mask(&grantable) & !dropped);
+    assert_eq!(format!("{effective:#x}"), expected, "agent's effective set");
+    assert_eq!(format!("{bounding:#x}"), expected, "agent's bounding set");
 
     // Only the setpriv part: the agent stays in the container's cgroup namespace.
     let setpriv_at = command.iter().position(|c| c == "setpriv").unwrap();
