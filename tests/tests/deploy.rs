@@ -629,6 +629,7 @@ impl Schemas {
             "Service" => "tests/schemas/kubernetes/service-v1.json",
             "ServiceAccount" => "tests/schemas/kubernetes/serviceaccount-v1.json",
             "ServiceMonitor" => "tests/schemas/servicemonitor-v1.json",
+            "PrometheusRule" => "tests/schemas/prometheusrule-v1.json",
             other => panic!("no schema vendored for kind {other}"),
         }
     }
@@ -687,6 +688,7 @@ fn kubernetes_manifests_match_their_schemas() {
             "ConfigMap",
             "DaemonSet",
             "Namespace",
+            "PrometheusRule",
             "Service",
             "ServiceAccount",
             "ServiceMonitor"
@@ -898,6 +900,13 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     let dir = repo("deploy/prometheus");
     promtool(&["check", "rules", "alerts.yaml"], &dir);
     promtool(&["test", "rules", "alerts_test.yaml"], &dir);
+}
+
+/// The PrometheusRule carries exactly the rules promtool checks and tests.
+#[test]
+fn prometheusrule_holds_the_tested_alert_rules() {
+    let rule = yaml("deploy/kubernetes/prometheusrule.yaml");
+    assert_eq!(rule["spec"], yaml("deploy/prometheus/alerts.yaml"));
 }
 
 /// Every alert rule is seen firing by at least one unit test.
