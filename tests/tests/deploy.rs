@@ -155,20 +155,36 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A directory of this test's own, removed on drop (so also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-deploy-{}-{tag}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 // === systemd ===
 
 const UNIT: &str = "deploy/systemd/enforcer.service";
 
-/// The unit with its binary path pointed at the agent built for these tests, in a fresh
-/// directory (systemd-analyze looks up the unit by file name).
-fn templated_unit(tag: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("enforcer-deploy-{}-{tag}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+/// The unit with its binary path pointed at the agent built for these tests, in `dir`
+/// (systemd-analyze looks up the unit by file name).
+fn templated_unit(dir: &Scratch, edit: impl Fn(String) -> String) -> PathBuf {
     let unit = read(UNIT).replace(
         "/usr/local/bin/enforcer",
         &enforcer_binary().display().to_string(),
     );
-    let path = dir.join("enforcer.service");
+    let path = dir.0.join("enforcer.service");
     fs::write(&path, edit(unit)).unwrap();
     path
 }
@@ -189,7 +205,8 @@ fn verify(unit: &Path) -> String {
 
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
-    let unit = templated_unit("verify", |u| u);
+    let (dir, broken_dir) = (Scratch::new("verify"), Scratch::new("broken"));
+    let unit = templated_unit(&dir, |u| u);
     assert_eq!(
         verify(&unit),
         "",
@@ -197,20 +214,19 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         unit.display()
     );
     // The check can fail: a misspelt value is reported.
-    let broken = templated_unit("broken", |u| {
+    let broken = templated_unit(&broken_dir, |u| {
         u.replace("ProtectSystem=strict", "ProtectSystem=strikt")
     });
     assert!(
         verify(&broken).contains("Failed to parse protect system value"),
         "a broken unit passed verify"
     );
-    fs::remove_dir_all(unit.parent().unwrap()).unwrap();
-    fs::remove_dir_all(broken.parent().unwrap()).unwrap();
 }
 
 #[test]
 fn systemd_unit_exposure_is_low() {
-    let unit = templated_unit("security", |u| u);
+    let dir = Scratch::new("security");
+    let unit = templated_unit(&dir, |u| u);
     let out = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&unit)
@@ -225,7 +241,6 @@ fn systemd_unit_exposure_is_low() {
     // Root with five capabilities, host network and the whole /proc cannot go much lower; a
     // change that loses sandboxing raises it.
     assert!(score <= 3.0, "exposure {score} > 3.0:\n{report}");
-    fs::remove_dir_all(unit.parent().unwrap()).unwrap();
 }
 
 /// The unit's `CapabilityBoundingSet=`.
@@ -871,10 +886,10 @@ fn daemonset_service_and_monitor_are_wired_together() {
 fn configmap_policy_passes_enforcer_check() {
     let cm = yaml("deploy/kubernetes/policy-configmap.yaml");
     let policy = cm["data"]["policy.yaml"].as_str().unwrap();
-    let file = std::env::temp_dir().join(format!("enforcer-deploy-{}.yaml", std::process::id()));
+    let dir = Scratch::new("policy");
+    let file = dir.0.join("policy.yaml");
     fs::write(&file, policy).unwrap();
     let out = run(Command::new(enforcer_binary()).arg("check").arg(&file));
-    fs::remove_file(&file).unwrap();
     assert!(
         out.status.success(),
         "{}{}",
@@ -1144,15 +1159,13 @@ fn dashboard_queries_are_valid_promql() {
             )
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("enforcer-deploy-{}-promql", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("promql");
     fs::write(
-        dir.join("dashboard.yaml"),
+        dir.0.join("dashboard.yaml"),
         format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
     )
     .unwrap();
-    promtool(&["check", "rules", "dashboard.yaml"], &dir);
-    fs::remove_dir_all(&dir).unwrap();
+    promtool(&["check", "rules", "dashboard.yaml"], &dir.0);
 }
 
 #[test]
