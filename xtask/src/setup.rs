@@ -14,14 +14,19 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-30";
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and benchmarks run: bpftool proves nothing is left attached,
 /// curl is a real client, haproxy the peer proxy the benchmarks compare with, nginx the
-/// benchmarks' HTTP upstream and wrk their load generator. (On a host booted with systemd,
-/// Debian starts the haproxy and nginx services on install; the benchmarks run their own
-/// instances on ports of their own and do not need them.)
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+/// benchmarks' HTTP upstream and wrk their load generator; promtool (Debian `prometheus`) checks
+/// and unit-tests the alert rules in deploy/, systemd-analyze verifies the systemd unit, and
+/// setpriv runs the agent with exactly the unit's capabilities. (On a host booted with systemd,
+/// Debian starts the haproxy, nginx and prometheus services on install; the tests and
+/// benchmarks run their own instances on ports of their own and do not need them.)
+const DEBIAN_PACKAGES: [(&str, &str); 8] = [
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("haproxy", "haproxy"),
     ("nginx", "nginx"),
+    ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
+    ("util-linux", "setpriv"),
     ("wrk", "wrk"),
 ];
 
