@@ -223,7 +223,7 @@ impl Limiter {
     pub fn new() -> Self {
         let files = open_file_limit();
         Self::with_default_max_connections(
-            ((files.saturating_sub(RESERVED_FILES)) / 2).max(1) as usize,
+            ((files.saturating_sub(RESERVED_FILES)) / 2).max(1) as usize
         )
     }
 

@@ -287,7 +287,11 @@ fn connection_refused(
 /// The caller as the kernel attested it, without reading /proc: for refusals that must cost
 /// next to nothing.
 fn attested_caller(meta: &ConnMeta) -> Arc<crate::audit::Caller> {
-    let end = meta.comm.iter().position(|&b| b == 0).unwrap_or(meta.comm.len());
+    let end = meta
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(meta.comm.len());
     Arc::new(crate::audit::Caller {
         tgid: meta.tgid,
         pid: meta.pid,

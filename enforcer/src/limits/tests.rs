@@ -23,7 +23,9 @@ fn rates_parse_with_a_second_of_burst() {
     }
     assert_eq!(rate("10/s").to_string(), "10/s (burst 10)");
     assert_eq!(rate("10/m").with_burst(0).burst(), 1);
-    for bad in ["", "10", "0/s", "10/d", "-1/s", "+1/s", "1.5/s", "/s", "10/ s", " 10/s"] {
+    for bad in [
+        "", "10", "0/s", "10/d", "-1/s", "+1/s", "1.5/s", "/s", "10/ s", " 10/s",
+    ] {
         assert_eq!(bad.parse::<Rate>(), Err(BadRate), "{bad:?}");
     }
 }
@@ -109,7 +111,11 @@ fn connections_are_counted_overall_and_per_identity() {
     let conns: Vec<_> = (0..3).map(|_| limiter.admit(&p).unwrap()).collect();
     assert!(limiter.admit(&p).is_none(), "over maxConnections");
     drop(conns);
-    assert_eq!(limiter.open_connections(), 0, "permits give their place back");
+    assert_eq!(
+        limiter.open_connections(),
+        0,
+        "permits give their place back"
+    );
 
     let first = ids_a.admit().unwrap();
     let _second = ids_a.admit().unwrap();
@@ -121,7 +127,10 @@ fn connections_are_counted_overall_and_per_identity() {
 
     let p = policy("{maxConnections: 1}", "{}");
     assert_eq!(limiter.max_connections(&p), 1);
-    assert!(limiter.identity(&p, Some(&a)).admit().is_some(), "no identity limit");
+    assert!(
+        limiter.identity(&p, Some(&a)).admit().is_some(),
+        "no identity limit"
+    );
 }
 
 #[test]

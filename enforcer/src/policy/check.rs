@@ -137,7 +137,10 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
         .as_ref()
         .or(l.max_head_bytes.as_ref())
         .map(|v| v.referenced);
-    let per_identity_loc = l.max_connections_per_identity.as_ref().map(|v| v.referenced);
+    let per_identity_loc = l
+        .max_connections_per_identity
+        .as_ref()
+        .map(|v| v.referenced);
     let limits = Limits {
         max_request_line: count(
             d,
@@ -221,7 +224,10 @@ fn rate(
     let parsed = match r.value.parse::<Rate>() {
         Ok(rate) => rate,
         Err(e) => {
-            d.at(&r.referenced, format!("bad `{rate_field}` `{}`: {e}", r.value));
+            d.at(
+                &r.referenced,
+                format!("bad `{rate_field}` `{}`: {e}", r.value),
+            );
             return None;
         }
     };

@@ -117,9 +117,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         let started = Instant::now();
         if !Arc::ptr_eq(&classified.policy, &policy) {
             let ids = policy.classify(&conn.identity);
-            let limits = relay
-                .limiter
-                .identity(&policy, ids.shared_names().first());
+            let limits = relay.limiter.identity(&policy, ids.shared_names().first());
             classified = Classified::new(policy.clone(), ids, limits, conn.dst);
         }
         let Classified {
@@ -189,7 +187,10 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             record.reason = "rate limited";
             record.detail = Some(format!(
                 "identity `{who}` over its rate {} (ratePerIdentity)",
-                identity_limits.rate().map(|r| r.to_string()).unwrap_or_default()
+                identity_limits
+                    .rate()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
             ));
             too_many_requests(&mut client, wait, &mut record, started).await;
             relay.finish(record);
@@ -335,7 +336,15 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             record.detail = Some(format!(
                 "content-length {len} over the rule's maxBodyBytes {max}"
             ));
-            refuse(&mut client, 413, "content too large", None, &mut record, started).await;
+            refuse(
+                &mut client,
+                413,
+                "content too large",
+                None,
+                &mut record,
+                started,
+            )
+            .await;
             relay.finish(record);
             return close_unread(client).await;
         }
@@ -391,7 +400,15 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             record.decision = audit::Verdict::Reject;
             if let Next::BodyTooLarge = outcome.next {
                 record.reason = "body too large";
-                refuse(&mut client, 413, "content too large", None, &mut record, started).await;
+                refuse(
+                    &mut client,
+                    413,
+                    "content too large",
+                    None,
+                    &mut record,
+                    started,
+                )
+                .await;
                 relay.finish(record);
                 return close_unread(client).await;
             }
@@ -701,7 +718,15 @@ async fn exchange(
     // The body goes up while the response comes down: the upstream may answer interim
     // responses (100 Continue) before it reads the body, or a final one without reading it.
     let (sent, answered) = {
-        let body = forward_body(&mut cr, cbuf, &mut uw, req.body(), max_body, http_limits, idle);
+        let body = forward_body(
+            &mut cr,
+            cbuf,
+            &mut uw,
+            req.body(),
+            max_body,
+            http_limits,
+            idle,
+        );
         let response = relay_response(
             &mut ur,
             &mut up.buf,

@@ -300,10 +300,14 @@ fn outcome(result: io::Result<u16>) -> String {
     match result {
         Ok(status) => status.to_string(),
         // A reset that arrives before the request is written shows as a broken pipe.
-        Err(e) if matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-        ) => "reset".into(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            "reset".into()
+        }
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "closed".into(),
         Err(e) => format!("{:?}", e.kind()),
     }
@@ -348,7 +352,10 @@ fn exchange(
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream);
-    if let Err(e) = reader.get_mut().write_all(&get_request(path).repeat(requests)) {
+    if let Err(e) = reader
+        .get_mut()
+        .write_all(&get_request(path).repeat(requests))
+    {
         return (Some(reader), vec![outcome(Err(e))]);
     }
     let mut outcomes = Vec::new();
@@ -381,7 +388,10 @@ fn hold(addr: SocketAddr, path: &str, conns: u64) -> serde_json::Value {
         }
         outcomes.append(&mut out);
     }
-    println!("{}", json!({ "outcomes": count(outcomes), "held": held.len() }));
+    println!(
+        "{}",
+        json!({ "outcomes": count(outcomes), "held": held.len() })
+    );
     // Until the test lets go.
     let _ = io::copy(&mut io::stdin(), &mut io::sink());
     drop(held);
@@ -404,8 +414,7 @@ fn paced(addr: SocketAddr, path: &str, requests: u64, interval_ms: u64) -> serde
     let mut lat_us = Vec::new();
     let mut outcomes = Vec::new();
     for i in 0..requests {
-        if let Some(wait) = (started + interval * i as u32).checked_duration_since(Instant::now())
-        {
+        if let Some(wait) = (started + interval * i as u32).checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
         let t = Instant::now();
@@ -437,7 +446,8 @@ fn flood(
                     outcomes.append(&mut out);
                     if let Some(conn) = conn {
                         // RST on close keeps TIME_WAIT from exhausting ephemeral ports.
-                        let _ = socket2::SockRef::from(conn.get_ref()).set_linger(Some(Duration::ZERO));
+                        let _ =
+                            socket2::SockRef::from(conn.get_ref()).set_linger(Some(Duration::ZERO));
                         held.push_back(conn);
                     }
                     if held.len() > hold {

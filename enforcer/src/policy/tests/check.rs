@@ -384,7 +384,12 @@ rules:
     assert_eq!(limits.max_connections_per_identity, Some(10));
     assert_eq!(
         limits.rate_per_identity,
-        Some("50/s".parse::<crate::limits::Rate>().unwrap().with_burst(80))
+        Some(
+            "50/s"
+                .parse::<crate::limits::Rate>()
+                .unwrap()
+                .with_burst(80)
+        )
     );
     assert_eq!(limits.connect_timeout, Duration::from_secs(2));
     assert_eq!(limits.response_timeout, Duration::from_secs(15));
