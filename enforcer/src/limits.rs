@@ -183,8 +183,12 @@ pub struct Limiter {
 /// One policy's limits with their state.
 struct Tables {
     generation: u64,
-    /// By identity name; `None`: callers that match no identity.
+    /// By identity name; `None`: callers that match no identity. Empty without
+    /// per-identity limits.
     identities: HashMap<Option<Arc<str>>, IdentityLimits>,
+    /// For every caller when there are no per-identity limits: shared, so handing it out
+    /// allocates nothing.
+    unlimited: IdentityLimits,
     rules: HashMap<Arc<str>, Arc<Bucket>>,
 }
 
@@ -234,6 +238,7 @@ impl Limiter {
             tables: ArcSwap::from_pointee(Tables {
                 generation: 0,
                 identities: HashMap::new(),
+                unlimited: IdentityLimits::default(),
                 rules: HashMap::new(),
             }),
             rebuild: Mutex::new(()),
@@ -262,11 +267,15 @@ impl Limiter {
     /// The limits of the caller whose first matching identity is `first` (`None`: it matches
     /// none).
     pub fn identity(&self, policy: &Policy, first: Option<&Arc<str>>) -> IdentityLimits {
-        self.tables(policy)
+        let tables = self.tables(policy);
+        if tables.identities.is_empty() {
+            return tables.unlimited.clone();
+        }
+        tables
             .identities
             .get(&first.cloned())
-            .cloned()
-            .unwrap_or_default()
+            .unwrap_or(&tables.unlimited)
+            .clone()
     }
 
     /// Take a token from `rule`'s bucket, if it has a rate.
@@ -343,6 +352,7 @@ impl Tables {
         Self {
             generation: policy.generation(),
             identities,
+            unlimited: old.unlimited.clone(),
             rules,
         }
     }

@@ -476,6 +476,47 @@ fn connection_limits_reset_excess_connections_and_give_places_back() {
 }
 
 #[test]
+fn tcp_services_count_connections_against_the_same_limits() {
+    if !privileged() {
+        return;
+    }
+    // Relayed unread: the probe's GET reaches the HTTP upstream as bytes.
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let flood = cgroup.child("flood.service");
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let text = format!(
+        r#"version: 1
+settings:
+  limits: {{maxConnectionsPerIdentity: 2}}
+  audit: {{file: {audit}}}
+identities:
+  flood: {{systemdUnit: flood.service}}
+services:
+  raw: {{endpoints: ["{upstream}"], protocol: tcp}}
+"#,
+        audit = audit.display(),
+        upstream = upstream.addr()
+    );
+    let _agent = Agent::start(&cgroup, &text);
+    let holder = Holder::start(&flood, upstream.addr(), 3);
+    assert_eq!(
+        holder.report,
+        json!({ "outcomes": { "200": 2, "reset": 1 }, "held": 2 })
+    );
+    holder.release();
+    let refused = wait_records(&audit, "connection limit", 1);
+    assert_eq!(refused[0]["service"], "raw");
+    assert_eq!(refused[0]["identities"], json!(["flood"]));
+    wait_for("the upstream to see both relayed connections", || {
+        (upstream.connections() >= 2).then_some(())
+    });
+    // The refused connection's upstream connect (made while its caller was resolved) is
+    // reset, never used.
+    assert_eq!(upstream.requests().len(), 2, "{:?}", upstream.requests());
+}
+
+#[test]
 fn flood_from_one_identity_leaves_another_served() {
     if !privileged() {
         return;

@@ -194,7 +194,11 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             ));
             too_many_requests(&mut client, wait, &mut record, started).await;
             relay.finish(record);
-            if req.body() != Body::None || !req.keep_alive() {
+            // The body is left unread: the connection cannot go on.
+            if req.body() != Body::None {
+                return close_unread(client).await;
+            }
+            if !req.keep_alive() {
                 return;
             }
             continue;
@@ -323,7 +327,11 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             ));
             too_many_requests(&mut client, wait, &mut record, started).await;
             relay.finish(record);
-            if req.body() != Body::None || !req.keep_alive() {
+            // The body is left unread: the connection cannot go on.
+            if req.body() != Body::None {
+                return close_unread(client).await;
+            }
+            if !req.keep_alive() {
                 return;
             }
             continue;
