@@ -1,12 +1,13 @@
 //! The accept/forward loop.
 //!
 //! Enforces: only connections the kernel redirected are served; a connection without a kernel
-//! record is reset. So is a connection over the limits on open connections ([`crate::limits`]):
-//! overall, checked at accept before any work is spent on it, and per identity, checked once
-//! the caller is known; each such refusal gets an audit record ("connection limit"). A connection to an `http` service is served request by request
-//! ([`http`]); one to a `tcp` service is relayed to its original destination as a byte
-//! stream, both directions, with half-close carried across. Reports: one log event per
-//! redirected connection with the caller's identity, and counters in [`Stats`].
+//! record is reset. So is a connection over the limits on open connections
+//! ([`crate::limits`]): overall, checked at accept before any work is spent on it, and per
+//! identity, checked once the caller is known. A connection to an `http` service is served
+//! request by request ([`http`]); one to a `tcp` service is relayed to its original
+//! destination as a byte stream, both directions, with half-close carried across. Reports: one
+//! log event per redirected connection with the caller's identity, an audit record per
+//! connection refused for a limit ("connection limit"), and counters in [`Stats`].
 
 mod http;
 
@@ -178,7 +179,12 @@ impl Relay {
         reset(client);
         let who = ids.names().next().unwrap_or("unidentified");
         let max = policy.settings.limits.max_connections_per_identity;
-        debug!(client = %peer, identity = who, max, "over the identity's connection limit: reset");
+        debug!(
+            client = %peer,
+            identity = who,
+            max,
+            "over the identity's connection limit: reset"
+        );
         self.finish(connection_refused(
             policy,
             meta,
