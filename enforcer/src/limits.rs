@@ -84,10 +84,6 @@ impl Rate {
         }
     }
 
-    pub fn burst(&self) -> u32 {
-        self.burst
-    }
-
     /// Time between two requests at the sustained rate.
     fn interval_ns(&self) -> u64 {
         (self.period.as_nanos() as u64 / u64::from(self.requests)).max(1)
@@ -254,11 +250,6 @@ impl Limiter {
             .unwrap_or(self.default_max_connections)
     }
 
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Relaxed)
-    }
-
     /// Admit a new connection under the overall limit; `None`: refuse it.
     pub fn admit(&self, policy: &Policy) -> Option<ConnPermit> {
         admit(&self.open, self.max_connections(policy))
@@ -369,10 +360,6 @@ impl IdentityLimits {
     /// Take a token from the identity's bucket, if it has a rate.
     pub fn take(&self, now: u64) -> Result<(), Duration> {
         self.bucket.as_ref().map_or(Ok(()), |b| b.take(now))
-    }
-
-    pub fn max_open(&self) -> Option<usize> {
-        self.max_open
     }
 
     pub fn rate(&self) -> Option<Rate> {

@@ -19,10 +19,10 @@ fn rates_parse_with_a_second_of_burst() {
         ("7200/h", SEC / 2, 2),
     ] {
         let r = rate(text);
-        assert_eq!((r.interval_ns(), r.burst()), (interval, burst), "{text}");
+        assert_eq!((r.interval_ns(), r.burst), (interval, burst), "{text}");
     }
     assert_eq!(rate("10/s").to_string(), "10/s (burst 10)");
-    assert_eq!(rate("10/m").with_burst(0).burst(), 1);
+    assert_eq!(rate("10/m").with_burst(0).burst, 1);
     for bad in [
         "", "10", "0/s", "10/d", "-1/s", "+1/s", "1.5/s", "/s", "10/ s", " 10/s",
     ] {
@@ -111,11 +111,9 @@ fn connections_are_counted_overall_and_per_identity() {
     let conns: Vec<_> = (0..3).map(|_| limiter.admit(&p).unwrap()).collect();
     assert!(limiter.admit(&p).is_none(), "over maxConnections");
     drop(conns);
-    assert_eq!(
-        limiter.open_connections(),
-        0,
-        "permits give their place back"
-    );
+    let again: Vec<_> = (0..3).filter_map(|_| limiter.admit(&p)).collect();
+    assert_eq!(again.len(), 3, "permits give their place back");
+    drop(again);
 
     let first = ids_a.admit().unwrap();
     let _second = ids_a.admit().unwrap();
