@@ -110,11 +110,15 @@ fn request_rates_answer_429_with_retry_after_and_refill() {
     let u = upstream.addr();
     let _agent = Agent::start(
         &cgroup,
-        &policy(u, "{ratePerIdentity: 2/s}", "{rate: 1/h, burst: 2}", &audit),
+        &policy(
+            u,
+            "{ratePerIdentity: 1/s, burstPerIdentity: 2}",
+            "{rate: 1/h, burst: 2}",
+            &audit,
+        ),
     );
 
-    // The identity's burst (a second's worth: 2), then 429 on the same connection, which
-    // stays usable.
+    // The identity's burst (2), then 429 on the same connection, which stays usable.
     let text = send(
         &flood,
         u,
@@ -126,7 +130,7 @@ fn request_rates_answer_429_with_retry_after_and_refill() {
         refusal.starts_with("HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"),
         "{refusal}"
     );
-    // 2/s: the next token is at most 500 ms away, rounded up to whole seconds.
+    // 1/s: the next token is at most a second away, in whole seconds.
     assert!(refusal.contains("\r\nretry-after: 1\r\n"), "{refusal}");
     assert!(!refusal.contains("connection: close"), "{refusal}");
     let body = &refusal[refusal.find("\r\n\r\n").unwrap() + 4..];
@@ -141,13 +145,13 @@ fn request_rates_answer_429_with_retry_after_and_refill() {
     // Another identity has its own bucket.
     assert_eq!(statuses(&send(&calm, u, &get("/a"))), [200]);
 
-    // Waiting as told refills the bucket, up to the burst.
-    thread::sleep(Duration::from_secs(1));
+    // Waiting refills the bucket, a token a second, up to the burst.
+    thread::sleep(Duration::from_secs(2));
     let text = send(&flood, u, &[get("/e"), get("/f"), get("/g")].concat());
     assert_eq!(statuses(&text), [200, 200, 429], "{text}");
 
     // The rule's bucket is shared by all its callers: calm takes its 2, flood gets none.
-    thread::sleep(Duration::from_secs(1));
+    thread::sleep(Duration::from_secs(2));
     let text = send(&calm, u, &[get("/limited"), get("/limited")].concat());
     assert_eq!(statuses(&text), [200, 200], "{text}");
     let text = send(&flood, u, &get("/limited"));
@@ -163,7 +167,7 @@ fn request_rates_answer_429_with_retry_after_and_refill() {
         assert_eq!(r["identities"], json!(["flood"]));
         assert_eq!(
             r["detail"],
-            "identity `flood` over its rate 2/s (burst 2) (ratePerIdentity)"
+            "identity `flood` over its rate 1/s (burst 2) (ratePerIdentity)"
         );
         assert!(r.get("rule").is_none(), "{r}");
     }
