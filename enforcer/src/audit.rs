@@ -47,7 +47,8 @@ pub enum Verdict {
     Deny,
     /// Forwarded because of audit mode; enforcement would have denied it.
     WouldDeny,
-    /// Refused before any decision: the request was malformed or not HTTP.
+    /// Refused without a decision taking effect: the request was malformed, not HTTP, or
+    /// over a limit (connections, rate, body size).
     Reject,
 }
 

@@ -23,6 +23,7 @@ use enforcer::{
     binding::{Bindings, MAX_BINDINGS},
     credentials::Fingerprinter,
     identity::Resolver,
+    limits::{self, Limiter},
     policy::{self, Policy},
     proxy,
     proxy::{Relay, Stats},
@@ -112,9 +113,10 @@ struct RunArgs {
     /// protected IPv6 destinations are refused.
     #[arg(long)]
     listen6: Option<SocketAddrV6>,
-    /// Seconds to wait for an original destination to accept before resetting the client.
-    #[arg(long, default_value_t = 5.0)]
-    connect_timeout: f64,
+    /// Deprecated: set `settings.limits.connectTimeout` in the policy. Seconds to wait for an
+    /// original destination to accept; given, it overrides the policy's value.
+    #[arg(long)]
+    connect_timeout: Option<f64>,
     /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
     /// tokens in records (so a token's fingerprint is stable across restarts), and the
     /// bind-on-first-use bindings.
@@ -208,9 +210,18 @@ fn uninstall(pin_path: &std::path::Path) -> anyhow::Result<()> {
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
-        bail!("--connect-timeout must be a positive number of seconds");
-    }
+    let connect_timeout = match args.connect_timeout {
+        None => None,
+        Some(secs) if secs > 0.0 && secs.is_finite() => {
+            warn!(
+                "--connect-timeout is deprecated: set settings.limits.connectTimeout in the \
+                 policy; until then the flag overrides it"
+            );
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(_) => bail!("--connect-timeout must be a positive number of seconds"),
+    };
+    let open_files = limits::raise_open_file_limit();
     let policy = Policy::load(&args.policy)?;
     let cgroup = match args.cgroup {
         Some(path) => path,
@@ -266,7 +277,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bindings: Arc::new(bindings),
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
-        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        limiter: Limiter::new(),
+        connect_timeout,
     });
     // Every task serving connects, so shutdown can end them before the audit is flushed.
     let mut tasks = vec![tokio::spawn(reload::watch(
@@ -301,6 +313,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_path = %args.pin_path.display(),
         adopted = redirect.adopted(),
         startup_ms = started.elapsed().as_millis() as u64,
+        open_files,
         "enforcer ready"
     );
 

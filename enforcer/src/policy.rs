@@ -37,7 +37,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::credentials::Credentials;
+use crate::{credentials::Credentials, limits::Rate};
 
 #[doc(hidden)]
 pub use self::bench::{Synthetic, synthetic};
@@ -153,9 +153,9 @@ pub enum Mode {
     Audit,
 }
 
-/// `settings.limits`: bounds on what the HTTP layer reads before deciding. The defaults are
-/// those of common servers, so requests they accept are not refused here (see
-/// `docs/policy.md`).
+/// `settings.limits`: bounds on what the HTTP layer reads before deciding, and on the
+/// resources callers may take (enforced by [`crate::limits`]). The defaults are those of
+/// common servers, so requests they accept are not refused here (see `docs/policy.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest request line (method, target, version), in bytes.
@@ -167,6 +167,17 @@ pub struct Limits {
     pub head_timeout: Duration,
     /// Longest wait for the next request on an idle keep-alive connection.
     pub idle_timeout: Duration,
+    /// Connections open at once over all callers. `None`: derived from the agent's open-file
+    /// limit ([`crate::limits::Limiter::new`]).
+    pub max_connections: Option<usize>,
+    /// Connections open at once per identity (see [`crate::limits`] for which identity).
+    pub max_connections_per_identity: Option<usize>,
+    /// Requests per identity.
+    pub rate_per_identity: Option<Rate>,
+    /// Longest wait for an upstream to accept a connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response head once the request is sent in full.
+    pub response_timeout: Duration,
 }
 
 /// `settings.audit`: where decision records go.
@@ -276,6 +287,16 @@ impl Policy {
     pub fn source(&self) -> &Path {
         &self.source
     }
+
+    /// Tells policies apart: a policy loaded later has a greater generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The named identities, in file order.
+    pub fn identity_names(&self) -> impl Iterator<Item = &str> {
+        self.identities.iter().map(|i| &*i.name)
+    }
 }
 
 /// Read and check a policy file, reporting every error found (`enforcer check`).
@@ -324,6 +345,15 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             // Near nginx's keepalive_timeout (75 s) and under common load balancers' (60 s).
             idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            // Which callers deserve how much is the policy author's call: no default.
+            max_connections_per_identity: None,
+            rate_per_identity: None,
+            // An upstream that has not accepted in 5 s is down or overloaded; the agent's
+            // earlier `--connect-timeout` default.
+            connect_timeout: Duration::from_secs(5),
+            // nginx's proxy_read_timeout and HAProxy's usual `timeout server` (60 s).
+            response_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The accept/forward loop.
 //!
 //! Enforces: only connections the kernel redirected are served; a connection without a kernel
-//! record is reset. A connection to an `http` service is served request by request
-//! ([`http`]); one to a `tcp` service is relayed to its original destination as a byte
-//! stream, both directions, with half-close carried across. Reports: one log event per
-//! redirected connection with the caller's identity, and counters in [`Stats`].
+//! record is reset. So is a connection over the limits on open connections
+//! ([`crate::limits`]): overall, checked at accept before any work is spent on it, and per
+//! identity, checked once the caller is known. A connection to an `http` service is served
+//! request by request ([`http`]); one to a `tcp` service is relayed to its original
+//! destination as a byte stream, both directions, with half-close carried across. Reports: one
+//! log event per redirected connection with the caller's identity, an audit record per
+//! connection refused for a limit ("connection limit"), and counters in [`Stats`].
 
 mod http;
 
@@ -30,7 +33,8 @@ use crate::{
     binding::Bindings,
     credentials::Fingerprinter,
     identity::{Identity, Resolver, Unresolved},
-    policy::Protocol,
+    limits::{ConnPermit, Limiter},
+    policy::{Policy, Protocol},
     redirect::{self, Redirect},
     reload::PolicyStore,
 };
@@ -60,7 +64,10 @@ pub struct Relay {
     pub bindings: Arc<Bindings>,
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
-    pub connect_timeout: Duration,
+    /// Connection counts and request buckets.
+    pub limiter: Limiter,
+    /// `--connect-timeout`: overrides the policy's `connectTimeout` (deprecated).
+    pub connect_timeout: Option<Duration>,
 }
 
 /// Accept redirected connections on `listener` until the task is dropped.
@@ -81,8 +88,24 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             reset(stream);
             continue;
         };
+        let policy = relay.store.current();
+        let Some(permit) = relay.limiter.admit(&policy) else {
+            // Before any work: no task, no identity resolution. The record has what the
+            // kernel attested.
+            reset(stream);
+            let max = relay.limiter.max_connections(&policy);
+            debug!(client = %peer, max, "over the connection limit: reset");
+            relay.finish(connection_refused(
+                &policy,
+                &meta,
+                attested_caller(&meta),
+                Arc::default(),
+                format!("{max} connections open, the most allowed (maxConnections)"),
+            ));
+            continue;
+        };
         relay.stats.accepted.fetch_add(1, Relaxed);
-        tokio::spawn(relay.clone().handle(stream, peer, meta));
+        tokio::spawn(relay.clone().handle(stream, peer, meta, permit));
     }
 }
 
@@ -92,7 +115,19 @@ impl Relay {
         self.audit.record(record);
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+    /// How long to wait for an upstream to accept.
+    fn connect_timeout(&self, policy: &Policy) -> Duration {
+        self.connect_timeout
+            .unwrap_or(policy.settings.limits.connect_timeout)
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        meta: ConnMeta,
+        _permit: ConnPermit,
+    ) {
         let dst = redirect::original_destination(&meta);
         let policy = self.store.current();
         let service = policy.service_for(dst.ip(), dst.port());
@@ -109,12 +144,58 @@ impl Relay {
                     Ok(identity) => Arc::new(identity),
                     Err(e) => return bug_reset(client, peer, &e),
                 };
+                let ids = policy.classify(&identity);
+                let limits = self.limiter.identity(&policy, ids.shared_names().first());
+                let Some(_identity_permit) = limits.admit() else {
+                    return self.refuse_connection(client, peer, &policy, &meta, &identity, &ids);
+                };
                 log_connection(&identity, peer, dst, service, None);
-                let conn = http::Conn { dst, identity };
+                let conn = http::Conn {
+                    dst,
+                    identity,
+                    policy,
+                    ids,
+                    limits,
+                };
                 http::serve(&self, conn, client).await;
             }
-            Protocol::Tcp => self.relay_tcp(client, peer, dst, service, identity).await,
+            Protocol::Tcp => {
+                self.relay_tcp(client, peer, &meta, &policy, service, identity)
+                    .await
+            }
         }
+    }
+
+    /// Reset a connection over its identity's connection limit, and record why.
+    fn refuse_connection(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        policy: &Policy,
+        meta: &ConnMeta,
+        identity: &Identity,
+        ids: &crate::policy::IdentitySet,
+    ) {
+        reset(client);
+        let who = ids.names().next().unwrap_or("unidentified");
+        let max = policy.settings.limits.max_connections_per_identity;
+        debug!(
+            client = %peer,
+            identity = who,
+            max,
+            "over the identity's connection limit: reset"
+        );
+        self.finish(connection_refused(
+            policy,
+            meta,
+            Arc::new(crate::audit::Caller::from(identity)),
+            ids.shared_names().into(),
+            format!(
+                "identity `{who}` has {} connections open, the most allowed \
+                 (maxConnectionsPerIdentity)",
+                max.unwrap_or_default()
+            ),
+        ));
     }
 
     /// Relay a byte stream to the original destination; the upstream connect overlaps the
@@ -123,15 +204,25 @@ impl Relay {
         &self,
         mut client: TcpStream,
         peer: SocketAddr,
-        dst: SocketAddr,
+        meta: &ConnMeta,
+        policy: &Policy,
         service: Option<&str>,
         identity: tokio::task::JoinHandle<Identity>,
     ) {
-        let upstream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst));
+        let dst = redirect::original_destination(meta);
+        let upstream = tokio::time::timeout(self.connect_timeout(policy), TcpStream::connect(dst));
         let (identity, upstream) = tokio::join!(identity, upstream);
         let identity = match identity {
             Ok(identity) => identity,
             Err(e) => return bug_reset(client, peer, &e),
+        };
+        let ids = policy.classify(&identity);
+        let limits = self.limiter.identity(policy, ids.shared_names().first());
+        let Some(_identity_permit) = limits.admit() else {
+            if let Ok(Ok(upstream)) = upstream {
+                reset(upstream);
+            }
+            return self.refuse_connection(client, peer, policy, meta, &identity, &ids);
         };
         let mut upstream = match upstream {
             Ok(Ok(upstream)) => upstream,
@@ -162,6 +253,66 @@ impl Relay {
             }
         }
     }
+}
+
+/// The record of a connection refused for a connection limit: no request was read.
+fn connection_refused(
+    policy: &Policy,
+    meta: &ConnMeta,
+    caller: Arc<crate::audit::Caller>,
+    identities: Arc<[Arc<str>]>,
+    detail: String,
+) -> crate::audit::Record {
+    let dst = redirect::original_destination(meta);
+    crate::audit::Record {
+        time: crate::audit::now(),
+        request_id: http::request_id(),
+        decision: crate::audit::Verdict::Reject,
+        rule: None,
+        mode: policy.settings.mode.as_str(),
+        reason: "connection limit",
+        detail: Some(detail),
+        caller,
+        identities,
+        service: policy
+            .service_for(dst.ip(), dst.port())
+            .unwrap_or("unknown")
+            .into(),
+        destination: dst.to_string().into(),
+        method: None,
+        path: None,
+        status: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        added_latency_us: 0,
+        credential: None,
+        injected: None,
+    }
+}
+
+/// The caller as the kernel attested it, without reading /proc: for refusals that must cost
+/// next to nothing.
+fn attested_caller(meta: &ConnMeta) -> Arc<crate::audit::Caller> {
+    let end = meta
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(meta.comm.len());
+    Arc::new(crate::audit::Caller {
+        tgid: meta.tgid,
+        pid: meta.pid,
+        uid: meta.uid,
+        gid: meta.gid,
+        user: None,
+        group: None,
+        comm: String::from_utf8_lossy(&meta.comm[..end]).into_owned(),
+        exe: None,
+        sha256: None,
+        cgroup_id: meta.cgroup_id,
+        cgroup: None,
+        unit: None,
+        container: None,
+    })
 }
 
 fn bug_reset(client: TcpStream, peer: SocketAddr, e: &tokio::task::JoinError) {

@@ -27,6 +27,7 @@ use super::{
     matcher::{Callers, Rule},
     pattern::{Methods, PathPattern},
 };
+use crate::limits::{Rate, RuleLimits};
 
 /// Resolves a host name (for `port`, which getaddrinfo wants) to addresses. Injected, so tests
 /// need no DNS.
@@ -136,6 +137,10 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
         .as_ref()
         .or(l.max_head_bytes.as_ref())
         .map(|v| v.referenced);
+    let per_identity_loc = l
+        .max_connections_per_identity
+        .as_ref()
+        .map(|v| v.referenced);
     let limits = Limits {
         max_request_line: count(
             d,
@@ -147,7 +152,43 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
         max_headers: count(d, l.max_headers, "maxHeaders", default.max_headers),
         head_timeout: timeout(d, l.head_timeout, "headTimeout", default.head_timeout),
         idle_timeout: timeout(d, l.idle_timeout, "idleTimeout", default.idle_timeout),
+        max_connections: l
+            .max_connections
+            .map(|v| count(d, Some(v), "maxConnections", 1)),
+        max_connections_per_identity: l
+            .max_connections_per_identity
+            .map(|v| count(d, Some(v), "maxConnectionsPerIdentity", 1)),
+        rate_per_identity: rate(
+            d,
+            l.rate_per_identity,
+            l.burst_per_identity,
+            ("ratePerIdentity", "burstPerIdentity"),
+        ),
+        connect_timeout: timeout(
+            d,
+            l.connect_timeout,
+            "connectTimeout",
+            default.connect_timeout,
+        ),
+        response_timeout: timeout(
+            d,
+            l.response_timeout,
+            "responseTimeout",
+            default.response_timeout,
+        ),
     };
+    if let (Some(all), Some(each)) = (limits.max_connections, limits.max_connections_per_identity)
+        && each > all
+        && let Some(loc) = per_identity_loc
+    {
+        d.at(
+            &loc,
+            format!(
+                "`maxConnectionsPerIdentity` ({each}) exceeds `maxConnections` ({all}): one \
+                 identity could then take every connection"
+            ),
+        );
+    }
     if limits.max_request_line > limits.max_head_bytes
         && let Some(loc) = line_loc
     {
@@ -161,6 +202,48 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
         );
     }
     limits
+}
+
+/// A rate (`fields.0`) and its burst (`fields.1`), which needs a rate.
+fn rate(
+    d: &mut Diagnostics,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<u64>>,
+    fields: (&str, &str),
+) -> Option<Rate> {
+    let (rate_field, burst_field) = fields;
+    let Some(r) = rate else {
+        if let Some(b) = burst {
+            d.at(
+                &b.referenced,
+                format!("`{burst_field}` needs `{rate_field}`: a burst of what rate?"),
+            );
+        }
+        return None;
+    };
+    let parsed = match r.value.parse::<Rate>() {
+        Ok(rate) => rate,
+        Err(e) => {
+            d.at(
+                &r.referenced,
+                format!("bad `{rate_field}` `{}`: {e}", r.value),
+            );
+            return None;
+        }
+    };
+    match burst {
+        None => Some(parsed),
+        Some(b) => match u32::try_from(b.value) {
+            Ok(n) if n > 0 => Some(parsed.with_burst(n)),
+            _ => {
+                d.at(
+                    &b.referenced,
+                    format!("`{burst_field}` must be between 1 and {}", u32::MAX),
+                );
+                None
+            }
+        },
+    }
 }
 
 fn count(d: &mut Diagnostics, v: Option<Spanned<u64>>, field: &str, default: usize) -> usize {
@@ -574,6 +657,19 @@ fn rule(
     let require = f.require.and_then(|r| credentials.requirement(d, id, r));
     // inject
     let inject = f.inject.and_then(|i| injection(d, id, i.value));
+    // limits
+    let limits = f.limits.map_or_else(RuleLimits::default, |l| RuleLimits {
+        rate: rate(d, l.rate, l.burst, ("rate", "burst")),
+        max_body_bytes: l.max_body_bytes.map(|v| {
+            if v.value == 0 {
+                d.at(
+                    &v.referenced,
+                    format!("rule `{id}`: `maxBodyBytes` must be at least 1"),
+                );
+            }
+            v.value
+        }),
+    });
     Rule {
         id: Arc::from(id.as_str()),
         from,
@@ -586,6 +682,7 @@ fn rule(
         mode: f.mode.unwrap_or(Mode::Enforce),
         require,
         inject,
+        limits,
         line: f.id.referenced.line(),
         column: f.id.referenced.column(),
     }

@@ -52,6 +52,21 @@ pub(super) struct LimitsFile {
     pub max_headers: Option<Spanned<u64>>,
     pub head_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_connections_per_identity: Option<Spanned<u64>>,
+    pub rate_per_identity: Option<Spanned<String>>,
+    pub burst_per_identity: Option<Spanned<u64>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+}
+
+/// A rule's `limits`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RuleLimitsFile {
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u64>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +119,8 @@ pub(super) struct RuleFile {
     pub require: Option<Spanned<RequireFile>>,
     #[serde(default)]
     pub inject: Option<Spanned<InjectFile>>,
+    #[serde(default)]
+    pub limits: Option<RuleLimitsFile>,
 }
 
 /// A rule's `inject`: replace a header of allowed requests with a value read from a file or

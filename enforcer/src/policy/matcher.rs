@@ -39,6 +39,8 @@ pub struct Rule {
     pub(super) inject: Option<Arc<crate::credentials::Injection>>,
     /// A credential the request must present (`require`).
     pub(super) require: Option<Requirement>,
+    /// The rule's request rate and body size limits.
+    pub(super) limits: crate::limits::RuleLimits,
     /// Where the rule's `id` is, for `explain`.
     pub(super) line: u64,
     pub(super) column: u64,
@@ -327,6 +329,11 @@ impl Rule {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The rule's `limits`.
+    pub fn limits(&self) -> &crate::limits::RuleLimits {
+        &self.limits
     }
 
     /// The service the rule is for (`to`).

@@ -4,13 +4,16 @@
 //! pipelined requests included) and, if allowed, forwarded in canonical form — the path the
 //! policy matched is the path the upstream receives. A denied request gets 403 and never
 //! reaches the upstream; a malformed one gets 400 and the connection is closed, since where
-//! the next request starts can no longer be trusted. Reports: one audit record per request.
+//! the next request starts can no longer be trusted. The limits ([`crate::limits`]) apply
+//! per request: the caller identity's request rate, before the decision; the allowing rule's
+//! rate and body size, after it (429 with `Retry-After`, 413); and the upstream's connect and
+//! response timeouts (504). Reports: one audit record per request.
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -33,6 +36,7 @@ use crate::{
         ResponseKind,
     },
     identity::Identity,
+    limits::{self, IdentityLimits},
     policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
 };
 
@@ -41,20 +45,40 @@ use super::Relay;
 /// Initial size of each read buffer; grows only for larger heads.
 const BUFFER: usize = 16 * 1024;
 
-/// One redirected connection's fixed facts.
+/// One redirected connection's fixed facts, and what the policy in force at accept says of
+/// its caller.
 pub(super) struct Conn {
     pub dst: SocketAddr,
     pub identity: Arc<Identity>,
+    pub policy: Arc<Policy>,
+    pub ids: IdentitySet,
+    pub limits: IdentityLimits,
 }
 
 /// What one policy says about this connection, worked out once per policy: the identities
-/// the caller matches and the service its destination belongs to.
+/// the caller matches, the limits it is held to and the service its destination belongs to.
 struct Classified {
     policy: Arc<Policy>,
     ids: IdentitySet,
     /// The identities' names, shared by every record of the connection.
     names: Arc<[Arc<str>]>,
+    limits: IdentityLimits,
     service: Arc<str>,
+}
+
+impl Classified {
+    fn new(policy: Arc<Policy>, ids: IdentitySet, limits: IdentityLimits, dst: SocketAddr) -> Self {
+        Self {
+            names: ids.shared_names().into(),
+            ids,
+            limits,
+            service: policy
+                .service_for(dst.ip(), dst.port())
+                .unwrap_or("unknown")
+                .into(),
+            policy,
+        }
+    }
 }
 
 impl Headers for [http::Header] {
@@ -70,7 +94,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
     let mut cbuf = BytesMut::with_capacity(BUFFER);
     let mut upstream: Option<Upstream> = None;
     // Which policy identities the caller matches, per policy: classified once per policy.
-    let mut classified: Option<Classified> = None;
+    let mut classified = Classified::new(conn.policy, conn.ids, conn.limits, conn.dst);
     let dst: Arc<str> = conn.dst.to_string().into();
     // Reused for every request head sent upstream.
     let mut out_head = BytesMut::with_capacity(1024);
@@ -91,27 +115,18 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         )
         .await;
         let started = Instant::now();
-        if !matches!(&classified, Some(c) if Arc::ptr_eq(&c.policy, &policy)) {
+        if !Arc::ptr_eq(&classified.policy, &policy) {
             let ids = policy.classify(&conn.identity);
-            classified = Some(Classified {
-                names: ids.shared_names().into(),
-                ids,
-                service: policy
-                    .service_for(conn.dst.ip(), conn.dst.port())
-                    .unwrap_or("unknown")
-                    .into(),
-                policy: policy.clone(),
-            });
+            let limits = relay.limiter.identity(&policy, ids.shared_names().first());
+            classified = Classified::new(policy.clone(), ids, limits, conn.dst);
         }
-        let Some(Classified {
+        let Classified {
             ids,
             names,
             service,
+            limits: identity_limits,
             ..
-        }) = &classified
-        else {
-            unreachable!("classified just above")
-        };
+        } = &classified;
         let mut record = Record {
             time: audit::now(),
             request_id: request_id(),
@@ -165,6 +180,29 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         };
         record.method = Some(req.method().as_str().to_owned());
         record.path = Some(req.path().to_owned());
+
+        // Before the decision: a storm of requests costs no credential checks either.
+        if let Err(wait) = identity_limits.take(limits::now_ns()) {
+            let who = names.first().map_or("unidentified", |n| &**n);
+            record.reason = "rate limited";
+            record.detail = Some(format!(
+                "identity `{who}` over its rate {} (ratePerIdentity)",
+                identity_limits
+                    .rate()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            ));
+            too_many_requests(&mut client, wait, &mut record, started).await;
+            relay.finish(record);
+            // The body is left unread: the connection cannot go on.
+            if req.body() != Body::None {
+                return close_unread(client).await;
+            }
+            if !req.keep_alive() {
+                return;
+            }
+            continue;
+        }
 
         let mut check = CredentialCheck::new(UnixTime::now(), &relay.fingerprints);
         let decision = policy.decide_with(
@@ -271,6 +309,53 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             }
             continue;
         }
+        // The allowing rule's limits: its rate, then a body size known from the head.
+        let rule_limits = match decision.rule {
+            Some(rule) if decision.verdict == Verdict::Allow => *rule.limits(),
+            _ => limits::RuleLimits::default(),
+        };
+        if let Some(rule) = decision.rule
+            && decision.verdict == Verdict::Allow
+            && let Err(wait) = relay.limiter.take_rule(&policy, rule, limits::now_ns())
+        {
+            record.decision = audit::Verdict::Reject;
+            record.reason = "rate limited";
+            record.detail = Some(format!(
+                "rule `{}` over its rate {}",
+                rule.id(),
+                rule_limits.rate.map(|r| r.to_string()).unwrap_or_default()
+            ));
+            too_many_requests(&mut client, wait, &mut record, started).await;
+            relay.finish(record);
+            // The body is left unread: the connection cannot go on.
+            if req.body() != Body::None {
+                return close_unread(client).await;
+            }
+            if !req.keep_alive() {
+                return;
+            }
+            continue;
+        }
+        if let (Some(max), Body::Length(len)) = (rule_limits.max_body_bytes, req.body())
+            && len > max
+        {
+            record.decision = audit::Verdict::Reject;
+            record.reason = "body too large";
+            record.detail = Some(format!(
+                "content-length {len} over the rule's maxBodyBytes {max}"
+            ));
+            refuse(
+                &mut client,
+                413,
+                "content too large",
+                None,
+                &mut record,
+                started,
+            )
+            .await;
+            relay.finish(record);
+            return close_unread(client).await;
+        }
 
         // An idle upstream connection may have been closed by the upstream since the last
         // response: find out before sending, not by a failed exchange.
@@ -279,13 +364,19 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         }
         let up = match &mut upstream {
             Some(up) => up,
-            None => match connect(relay, conn.dst).await {
+            None => match connect(relay.connect_timeout(&policy), conn.dst).await {
                 Ok(up) => upstream.insert(up),
                 Err(e) => {
-                    record.reason = "upstream unreachable";
-                    record.detail = Some(e.to_string());
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
-                    refuse(&mut client, 502, "bad gateway", None, &mut record, started).await;
+                    let (status, error) = if e.kind() == std::io::ErrorKind::TimedOut {
+                        record.reason = "upstream connect timeout";
+                        (504, "gateway timeout")
+                    } else {
+                        record.reason = "upstream unreachable";
+                        (502, "bad gateway")
+                    };
+                    record.detail = Some(e.to_string());
+                    refuse(&mut client, status, error, None, &mut record, started).await;
                     return relay.finish(record);
                 }
             },
@@ -298,6 +389,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &mut out_head,
             &http_limits,
             &limits,
+            rule_limits.max_body_bytes,
             started,
         )
         .await;
@@ -308,11 +400,26 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         if let Some(why) = outcome.failure {
             record.detail = Some(why);
         }
-        if let Next::BadRequestBody = outcome.next {
+        if let Next::BadRequestBody | Next::BodyTooLarge = outcome.next {
+            // An abort, not an end: the upstream must not take the part it got for a request.
             if let Some(up) = upstream.take() {
                 super::reset(up.stream);
             }
             record.decision = audit::Verdict::Reject;
+            if let Next::BodyTooLarge = outcome.next {
+                record.reason = "body too large";
+                refuse(
+                    &mut client,
+                    413,
+                    "content too large",
+                    None,
+                    &mut record,
+                    started,
+                )
+                .await;
+                relay.finish(record);
+                return close_unread(client).await;
+            }
             record.reason = "malformed request body";
             refuse(&mut client, 400, "bad request", None, &mut record, started).await;
             return relay.finish(record);
@@ -321,7 +428,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         match outcome.next {
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
-            Next::Close | Next::BadRequestBody => return,
+            Next::Close | Next::BadRequestBody | Next::BodyTooLarge => return,
             Next::Tunnel => {
                 let Some(mut up) = upstream.take() else {
                     return;
@@ -345,7 +452,7 @@ fn describe(decision: &Decision<'_>, record: &mut Record) {
 }
 
 /// Unique per request: a per-process random prefix and a counter.
-fn request_id() -> String {
+pub(super) fn request_id() -> String {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| {
@@ -424,13 +531,39 @@ struct ErrorBody<'a> {
     request_id: &'a str,
 }
 
-/// Answer the client ourselves with a small JSON body: 401, 403 and 503 leave the connection
-/// usable; 400, 408 and 502 end it, and say so.
+/// Answer the client ourselves with a small JSON body: 401, 403, 429 and 503 leave the
+/// connection usable; 400, 408, 413, 502 and 504 end it, and say so.
 async fn refuse(
     client: &mut TcpStream,
     status: u16,
     error: &str,
     challenge: Option<&str>,
+    record: &mut Record,
+    started: Instant,
+) {
+    let challenge = challenge
+        .map(|c| format!("www-authenticate: {c}\r\n"))
+        .unwrap_or_default();
+    answer(client, status, error, &challenge, record, started).await;
+}
+
+/// 429, with when to try again.
+async fn too_many_requests(
+    client: &mut TcpStream,
+    wait: Duration,
+    record: &mut Record,
+    started: Instant,
+) {
+    let retry = format!("retry-after: {}\r\n", limits::retry_after_secs(wait));
+    answer(client, 429, "too many requests", &retry, record, started).await;
+}
+
+/// [`refuse`] with `headers` (complete lines) added to the head.
+async fn answer(
+    client: &mut TcpStream,
+    status: u16,
+    error: &str,
+    headers: &str,
     record: &mut Record,
     started: Instant,
 ) {
@@ -446,19 +579,19 @@ async fn refuse(
         401 => "Unauthorized",
         403 => "Forbidden",
         408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Bad Gateway",
     };
-    let connection = if matches!(status, 401 | 403 | 503) {
+    let connection = if matches!(status, 401 | 403 | 429 | 503) {
         ""
     } else {
         "connection: close\r\n"
     };
-    let challenge = challenge
-        .map(|c| format!("www-authenticate: {c}\r\n"))
-        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{challenge}{connection}\r\n",
+        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}{connection}\r\n",
         body.len()
     );
     let mut out = Vec::with_capacity(head.len() + body.len());
@@ -468,6 +601,25 @@ async fn refuse(
     record.status = Some(status);
     record.response_bytes = out.len() as u64;
     record.added_latency_us = micros(started);
+}
+
+/// Close a connection whose request body is left unread, after answering it. Closing with
+/// unread bytes would send an RST that can destroy the answer before the client reads it, so
+/// the answer is followed by a FIN and what arrives is read and dropped, for a bounded time
+/// and amount (as nginx's lingering close).
+async fn close_unread(mut client: TcpStream) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const MAX_DRAINED: usize = 1024 * 1024;
+    let _ = client.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 8192];
+    let mut drained = 0;
+    while drained < MAX_DRAINED {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
 }
 
 // === forwarding ===
@@ -491,10 +643,15 @@ impl Upstream {
     }
 }
 
-async fn connect(relay: &Relay, dst: SocketAddr) -> std::io::Result<Upstream> {
-    let stream = match timeout(relay.connect_timeout, TcpStream::connect(dst)).await {
+async fn connect(limit: Duration, dst: SocketAddr) -> std::io::Result<Upstream> {
+    let stream = match timeout(limit, TcpStream::connect(dst)).await {
         Ok(r) => r?,
-        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {limit:?} (connectTimeout)"),
+            ));
+        }
     };
     let _ = stream.set_nodelay(true);
     Ok(Upstream {
@@ -513,6 +670,9 @@ enum Next {
     Tunnel,
     /// The request body broke its framing: answer 400, abort the upstream connection.
     BadRequestBody,
+    /// The chunked request body grew past the rule's limit: answer 413, abort the upstream
+    /// connection.
+    BodyTooLarge,
 }
 
 struct Outcome {
@@ -537,6 +697,7 @@ async fn exchange(
     head: &mut BytesMut,
     http_limits: &http::Limits,
     limits: &policy::Limits,
+    max_body: Option<u64>,
     started: Instant,
 ) -> Outcome {
     let mut outcome = Outcome {
@@ -560,10 +721,20 @@ async fn exchange(
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = up.stream.split();
     let idle = limits.idle_timeout;
+    // Whether the client is getting a response head: then the response timeout is over.
+    let responding = AtomicBool::new(false);
     // The body goes up while the response comes down: the upstream may answer interim
     // responses (100 Continue) before it reads the body, or a final one without reading it.
     let (sent, answered) = {
-        let body = forward_body(&mut cr, cbuf, &mut uw, req.body(), http_limits, idle);
+        let body = forward_body(
+            &mut cr,
+            cbuf,
+            &mut uw,
+            req.body(),
+            max_body,
+            http_limits,
+            idle,
+        );
         let response = relay_response(
             &mut ur,
             &mut up.buf,
@@ -571,14 +742,29 @@ async fn exchange(
             req.method(),
             http_limits,
             idle,
+            &responding,
         );
-        tokio::pin!(body, response);
+        // The response timeout runs from the end of the request: a slow upload is bounded
+        // by the idle timeout instead.
+        let response_timeout = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(body, response, response_timeout);
         let mut sent = None;
         loop {
             tokio::select! {
                 r = &mut body, if sent.is_none() => match r {
-                    Ok(n) => sent = Some(n),
-                    Err(e) => {
+                    Ok(n) => {
+                        sent = Some(n);
+                        let deadline = tokio::time::Instant::now() + limits.response_timeout;
+                        response_timeout.as_mut().reset(deadline);
+                    }
+                    Err(BodyError::TooLarge { max }) => {
+                        outcome.failure = Some(format!(
+                            "chunked request body over the rule's maxBodyBytes {max}"
+                        ));
+                        outcome.next = Next::BodyTooLarge;
+                        return outcome;
+                    }
+                    Err(BodyError::Broken(e)) => {
                         // The client broke its own framing mid-body: the upstream must not
                         // act on a truncated request, so both connections end.
                         outcome.failure = Some(format!("request body: {e}"));
@@ -586,11 +772,21 @@ async fn exchange(
                         return outcome;
                     }
                 },
-                r = &mut response => break (sent, r),
+                r = &mut response => break (sent, Some(r)),
+                () = &mut response_timeout, if !responding.load(Relaxed) => break (sent, None),
             }
         }
     };
     outcome.request_bytes = sent.unwrap_or(0);
+    let Some(answered) = answered else {
+        outcome.failure = Some(format!(
+            "no response within {:?} (responseTimeout)",
+            limits.response_timeout
+        ));
+        let _ = cw.write_all(GATEWAY_TIMEOUT).await;
+        outcome.status = Some(504);
+        return outcome;
+    };
     match answered {
         Ok(resp) => {
             outcome.status = Some(resp.status);
@@ -621,6 +817,9 @@ async fn exchange(
 const BAD_GATEWAY: &[u8] =
     b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
+const GATEWAY_TIMEOUT: &[u8] =
+    b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 async fn write_bad_gateway(client: &mut TcpStream) -> std::io::Result<()> {
     client.write_all(BAD_GATEWAY).await
 }
@@ -639,25 +838,41 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-/// Forward the request body per its framing; a chunked body is re-encoded canonically.
-/// Returns the body bytes received.
+/// Why a request body was not forwarded in full.
+enum BodyError {
+    /// Broken framing, or either connection failed.
+    Broken(String),
+    /// A chunked body grew past `max` bytes (a body with a length was checked before).
+    TooLarge { max: u64 },
+}
+
+impl From<String> for BodyError {
+    fn from(e: String) -> Self {
+        Self::Broken(e)
+    }
+}
+
+/// Forward the request body per its framing; a chunked body is re-encoded canonically, and
+/// cut off past `max` bytes: what was forwarded then lacks its last chunk, so the upstream
+/// cannot take it for a complete request. Returns the body bytes received.
 async fn forward_body<R, W>(
     client: &mut R,
     buf: &mut BytesMut,
     upstream: &mut W,
     body: Body,
+    max: Option<u64>,
     limits: &http::Limits,
     idle: Duration,
-) -> Result<u64, String>
+) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     match body {
         Body::None => Ok(0),
-        Body::Length(len) => copy_exact(client, buf, upstream, len, idle)
+        Body::Length(len) => Ok(copy_exact(client, buf, upstream, len, idle)
             .await
-            .map(|()| len),
+            .map(|()| len)?),
         Body::Chunked => {
             let mut decoder = ChunkedDecoder::new(limits);
             let mut out = BytesMut::with_capacity(BUFFER + 16);
@@ -668,8 +883,13 @@ where
                 }
                 match decoder.decode(buf).map_err(|e| e.to_string())? {
                     Decoded::Data(range) => {
-                        http::write_chunk(&buf[range.clone()], &mut out);
                         total += range.len() as u64;
+                        if let Some(max) = max
+                            && total > max
+                        {
+                            return Err(BodyError::TooLarge { max });
+                        }
+                        http::write_chunk(&buf[range.clone()], &mut out);
                         buf.advance(range.end);
                     }
                     Decoded::NeedMore => buf.clear(),
@@ -730,6 +950,7 @@ struct RelayError {
 }
 
 /// Relay interim responses and the final one (head as received, body per its framing).
+/// `responding` is set while a head is being relayed, and for good from the final one on.
 async fn relay_response<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
@@ -737,6 +958,7 @@ async fn relay_response<R, W>(
     method: &Method,
     limits: &http::Limits,
     idle: Duration,
+    responding: &AtomicBool,
 ) -> Result<Relayed, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -758,6 +980,8 @@ where
                 Err(e) => return Err(err(e.to_string(), relayed_any)),
             }
         };
+        // A head half-written cannot be followed by the agent's own 504.
+        responding.store(true, Relaxed);
         client
             .write_all(&buf[..len])
             .await
@@ -766,7 +990,10 @@ where
         bytes += len as u64;
         relayed_any = true;
         match resp.kind() {
-            ResponseKind::Interim => continue,
+            ResponseKind::Interim => {
+                responding.store(false, Relaxed);
+                continue;
+            }
             ResponseKind::SwitchingProtocols => {
                 return Ok(Relayed {
                     status: resp.status(),

@@ -14,6 +14,15 @@
 //! - `probe get-loop ADDR PATH SECONDS`: sequential `GET PATH` requests on one keep-alive
 //!   connection (reconnecting if the server closes) for SECONDS; reports the count of each
 //!   status and of failed exchanges.
+//! - `probe hold ADDR PATH COUNT`: open COUNT connections one after the other, `GET PATH` on
+//!   each and keep those that were answered open; report the count of each outcome (a status,
+//!   `reset`, `closed`), then hold the connections until stdin reaches EOF.
+//! - `probe paced ADDR PATH COUNT INTERVAL_MS`: COUNT `GET PATH` requests, each on a new
+//!   connection, one every INTERVAL_MS; reports the count of each status, the failures, and
+//!   latency percentiles (connect to full response) in microseconds.
+//! - `probe flood ADDR PATH SECONDS THREADS HOLD`: for SECONDS, THREADS threads each open
+//!   connections as fast as they can, send 4 pipelined `GET PATH` on each and keep the last HOLD
+//!   open (older ones are closed with RST); reports connects, outcomes and statuses.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -36,13 +45,18 @@ fn main() {
         "stream" => stream(addr, num(2)),
         "send" => send(addr, args.get(2).is_some_and(|a| a == "--hold")),
         "get-loop" => get_loop(addr, arg(2), num(3)),
+        "hold" => hold(addr, arg(2), num(3)),
+        "paced" => paced(addr, arg(2), num(3), num(4)),
+        "flood" => flood(addr, arg(2), num(3), num(4), num(5) as usize),
         _ => usage(),
     };
     println!("{out}");
 }
 
 fn usage() -> ! {
-    eprintln!("usage: probe echo|connect-rate|pingpong|stream|send ADDR ARGS...");
+    eprintln!(
+        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood ADDR ARGS..."
+    );
     std::process::exit(2)
 }
 
@@ -279,4 +293,177 @@ fn get_loop(addr: SocketAddr, path: &str, seconds: u64) -> serde_json::Value {
         }
     }
     json!({ "statuses": statuses, "failures": failures, "errors": errors })
+}
+
+/// How one exchange on a connection ended: a status, or how the connection failed.
+fn outcome(result: io::Result<u16>) -> String {
+    match result {
+        Ok(status) => status.to_string(),
+        // A reset that arrives before the request is written shows as a broken pipe.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            "reset".into()
+        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "closed".into(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+/// Read one response (head, and a body with a content-length); returns its status.
+fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<u16> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if reader.read_until(b'\n', &mut head)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&head)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let len: u64 = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
+    Ok(resp.code.unwrap_or(0))
+}
+
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").into_bytes()
+}
+
+/// Connect, send `requests` pipelined GETs, read the responses.
+fn exchange(
+    addr: SocketAddr,
+    path: &str,
+    requests: usize,
+) -> (Option<BufReader<TcpStream>>, Vec<String>) {
+    let stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (None, vec![format!("connect {:?}", e.kind())]),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(stream);
+    if let Err(e) = reader
+        .get_mut()
+        .write_all(&get_request(path).repeat(requests))
+    {
+        return (Some(reader), vec![outcome(Err(e))]);
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..requests {
+        let result = read_response(&mut reader);
+        let failed = result.is_err();
+        outcomes.push(outcome(result));
+        if failed {
+            break;
+        }
+    }
+    (Some(reader), outcomes)
+}
+
+fn count(outcomes: impl IntoIterator<Item = String>) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for o in outcomes {
+        *counts.entry(o).or_default() += 1;
+    }
+    counts
+}
+
+fn hold(addr: SocketAddr, path: &str, conns: u64) -> serde_json::Value {
+    let mut held = Vec::new();
+    let mut outcomes = Vec::new();
+    for _ in 0..conns {
+        let (conn, mut out) = exchange(addr, path, 1);
+        if out.first().is_some_and(|o| o.starts_with('2')) {
+            held.extend(conn);
+        }
+        outcomes.append(&mut out);
+    }
+    println!(
+        "{}",
+        json!({ "outcomes": count(outcomes), "held": held.len() })
+    );
+    // Until the test lets go.
+    let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    drop(held);
+    json!({ "released": true })
+}
+
+/// Percentiles of latencies in microseconds.
+fn percentiles(mut lat_us: Vec<f64>) -> serde_json::Value {
+    if lat_us.is_empty() {
+        return json!(null);
+    }
+    lat_us.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat_us[((lat_us.len() - 1) as f64 * p).round() as usize].round();
+    json!({ "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) })
+}
+
+fn paced(addr: SocketAddr, path: &str, requests: u64, interval_ms: u64) -> serde_json::Value {
+    let interval = Duration::from_millis(interval_ms);
+    let started = Instant::now();
+    let mut lat_us = Vec::new();
+    let mut outcomes = Vec::new();
+    for i in 0..requests {
+        if let Some(wait) = (started + interval * i as u32).checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let t = Instant::now();
+        let (_, mut out) = exchange(addr, path, 1);
+        lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+        outcomes.append(&mut out);
+    }
+    json!({ "outcomes": count(outcomes), "latency_us": percentiles(lat_us) })
+}
+
+fn flood(
+    addr: SocketAddr,
+    path: &str,
+    seconds: u64,
+    threads: u64,
+    hold: usize,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let path = path.to_string();
+            thread::spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                let mut connects = 0u64;
+                let mut outcomes = Vec::new();
+                while Instant::now() < deadline {
+                    let (conn, mut out) = exchange(addr, &path, 4);
+                    connects += u64::from(conn.is_some());
+                    outcomes.append(&mut out);
+                    if let Some(conn) = conn {
+                        // RST on close keeps TIME_WAIT from exhausting ephemeral ports.
+                        let _ =
+                            socket2::SockRef::from(conn.get_ref()).set_linger(Some(Duration::ZERO));
+                        held.push_back(conn);
+                    }
+                    if held.len() > hold {
+                        held.pop_front();
+                    }
+                }
+                (connects, outcomes)
+            })
+        })
+        .collect();
+    let mut connects = 0;
+    let mut outcomes = Vec::new();
+    for w in workers {
+        let (c, mut o) = w.join().expect("flood thread");
+        connects += c;
+        outcomes.append(&mut o);
+    }
+    json!({ "connects": connects, "outcomes": count(outcomes) })
 }

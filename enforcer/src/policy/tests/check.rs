@@ -32,7 +32,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
                  paths: [/]\n    header: {a: b}\n",
             ),
             "test.yaml:13:5: unknown field `header`, expected one of id, from, to, methods, \
-             paths, headers, query, websocket, mode, require, inject",
+             paths, headers, query, websocket, mode, require, inject, limits",
         ),
         (
             "unknown identity attribute",
@@ -315,6 +315,11 @@ fn settings_defaults_and_values() {
             max_headers: 100,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_connections_per_identity: None,
+            rate_per_identity: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
         }
     );
     let p = policy(
@@ -344,6 +349,84 @@ services:
             },
         }
     );
+}
+
+#[test]
+fn resource_limits() {
+    let p = policy(
+        "version: 1
+settings:
+  limits:
+    maxConnections: 100
+    maxConnectionsPerIdentity: 10
+    ratePerIdentity: 50/s
+    burstPerIdentity: 80
+    connectTimeout: 2s
+    responseTimeout: 15s
+services:
+  api: {endpoints: [\"10.0.0.1:80\"]}
+rules:
+  - id: small
+    from: [\"*\"]
+    to: api
+    methods: [POST]
+    paths: [\"/**\"]
+    limits: {rate: 600/m, maxBodyBytes: 1024}
+  - id: plain
+    from: [\"*\"]
+    to: api
+    methods: [GET]
+    paths: [\"/**\"]
+",
+    );
+    let limits = p.settings.limits;
+    assert_eq!(limits.max_connections, Some(100));
+    assert_eq!(limits.max_connections_per_identity, Some(10));
+    assert_eq!(
+        limits.rate_per_identity,
+        Some(
+            "50/s"
+                .parse::<crate::limits::Rate>()
+                .unwrap()
+                .with_burst(80)
+        )
+    );
+    assert_eq!(limits.connect_timeout, Duration::from_secs(2));
+    assert_eq!(limits.response_timeout, Duration::from_secs(15));
+    let small = p.rules()[0].limits();
+    assert_eq!(small.rate, Some("600/m".parse().unwrap()));
+    assert_eq!(small.max_body_bytes, Some(1024));
+    assert_eq!(*p.rules()[1].limits(), crate::limits::RuleLimits::default());
+
+    let text = "version: 1
+settings:
+  limits:
+    maxConnections: 10
+    maxConnectionsPerIdentity: 20
+    ratePerIdentity: 5/d
+    connectTimeout: 0s
+services:
+  api: {endpoints: [\"10.0.0.1:80\"]}
+rules:
+  - id: r
+    from: [\"*\"]
+    to: api
+    methods: [GET]
+    paths: [\"/**\"]
+    limits: {burst: 5, maxBodyBytes: 0}
+";
+    let want = [
+        "test.yaml:5:32: `maxConnectionsPerIdentity` (20) exceeds `maxConnections` (10): one \
+         identity could then take every connection",
+        "test.yaml:6:22: bad `ratePerIdentity` `5/d`: expected requests per unit, such as \
+         `100/s`, `600/m` or `1000/h`, at least 1",
+        "test.yaml:7:21: bad `connectTimeout` `0s`: expected a positive whole number and a \
+         unit: `500ms`, `10s`, `2m`, `1h`",
+        "test.yaml:16:21: `burst` needs `rate`: a burst of what rate?",
+        "test.yaml:16:38: rule `r`: `maxBodyBytes` must be at least 1",
+    ]
+    .join("\n");
+    assert_eq!(diagnostics(text), want);
 }
 
 #[test]

@@ -25,14 +25,14 @@ fn explains_allowed_and_denied_requests() {
             "GET",
             "http://127.0.0.1:18080/public/./css/../app.css?v=2#top"
         ),
-        "decision:   allow by rule `curl-reads-public` (test.yaml:44:9) [enforce]
+        "decision:   allow by rule `curl-reads-public` (test.yaml:54:9) [enforce]
 request:    GET /public/app.css?v=2 to 127.0.0.1:18080 (service demo-api)
 caller:     exe=/usr/bin/curl \
 sha256=5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03 user=alice (1000) \
 group=alice (1000) systemdUnit=- cgroup=- container=-
 identities: curl
 rules for demo-api, in file order:
-  curl-reads-public (test.yaml:44:9): matches
+  curl-reads-public (test.yaml:54:9): matches
 "
     );
     assert_eq!(
@@ -44,7 +44,7 @@ sha256=5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03 user=ali
 group=alice (1000) systemdUnit=- cgroup=- container=-
 identities: curl
 rules for demo-api, in file order:
-  curl-reads-public (test.yaml:44:9): path /admin matches none of /, /public/**
+  curl-reads-public (test.yaml:54:9): path /admin matches none of /, /public/**
 "
     );
     let wget = who().exe("/usr/bin/wget").user(0, Some("root")).0;
@@ -56,7 +56,7 @@ caller:     exe=/usr/bin/wget sha256=- user=root (0) group=1000 systemdUnit=- cg
 container=-
 identities: none
 rules for demo-api, in file order:
-  curl-reads-public (test.yaml:44:9): not for this caller (from: curl): `curl` wants exe \
+  curl-reads-public (test.yaml:54:9): not for this caller (from: curl): `curl` wants exe \
 /usr/bin/curl, caller has /usr/bin/wget
 "
     );
