@@ -1126,7 +1126,7 @@ impl AuditTotals {
     }
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
