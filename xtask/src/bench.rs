@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the enforcer costs, measured against baselines in one run.
 //!
-//! Three parts, run in this order (`--only` picks some):
+//! Four parts, run in this order (`--only` picks some):
 //! - `redirect` ([`redirect`]): the kernel redirect and the TCP relay: connect rate of
 //!   unprotected destinations with the programs attached vs detached, and a relayed keep-alive
 //!   connection vs a direct one. Writes `target/bench/redirect.json`.
@@ -8,12 +8,17 @@
 //!   build (`enforcer/examples/decide_bench.rs`).
 //! - `http` ([`http`]): keep-alive HTTP through the enforcer vs direct vs HAProxy with the
 //!   same rules, driven by wrk against nginx.
+//! - `jwt` ([`jwt`]): bearer-token verification per request (RS256, ES256, EdDSA; no cache vs
+//!   the cache of verified tokens), timed in a release build (`enforcer/examples/jwt_bench.rs`),
+//!   and HTTP through the enforcer with a rule requiring a JWT vs the same without. Writes
+//!   `target/bench/jwt.json`.
 //!
 //! `decide` and `http` write `target/bench/http.json`. Every number is a median of interleaved
 //! rounds, reported with ratios to its baseline in the same run.
 
 mod decide;
 mod http;
+mod jwt;
 mod redirect;
 
 use std::{
@@ -32,7 +37,7 @@ use serde_json::{Value, json};
 #[derive(clap::Args)]
 pub struct Args {
     /// Run only these parts, comma-separated (default: all, in the order redirect, decide,
-    /// http).
+    /// http, jwt).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     #[command(flatten)]
@@ -49,11 +54,14 @@ enum Part {
     Decide,
     /// Keep-alive HTTP: direct vs enforcer vs HAProxy.
     Http,
+    /// JWT verification per request (no cache vs cached), and HTTP with a JWT rule vs without
+    /// (`target/bench/jwt.json`).
+    Jwt,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let wants = |part| args.only.is_empty() || args.only.contains(&part);
-    let privileged = wants(Part::Redirect) || wants(Part::Http);
+    let privileged = wants(Part::Redirect) || wants(Part::Http) || wants(Part::Jwt);
     // SAFETY: plain syscall.
     if privileged && unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -77,15 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--bins",
         ])?;
     }
-    if wants(Part::Decide) {
-        crate::cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "enforcer",
-            "--example",
-            "decide_bench",
-        ])?;
+    for (part, example) in [(Part::Decide, "decide_bench"), (Part::Jwt, "jwt_bench")] {
+        if wants(part) {
+            crate::cargo(&["build", "--release", "-p", "enforcer", "--example", example])?;
+        }
     }
     let root = crate::workspace_root();
     let busy = busy_share(Duration::from_secs(1))?;
@@ -119,6 +122,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "http": http,
         });
         write_report(&root.join("target/bench/http.json"), &report)?;
+    }
+    if wants(Part::Jwt) {
+        let report = json!({
+            "kernel": kernel(),
+            "cpus": cpus(),
+            "busy_before_start": busy,
+            "jwt": jwt::run(&args.http, &root)?,
+        });
+        write_report(&root.join("target/bench/jwt.json"), &report)?;
     }
     println!(
         "\ncargo xtask bench: {:.0} s in all (builds included)",

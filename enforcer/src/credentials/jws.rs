@@ -209,6 +209,19 @@ impl Algorithm {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// Why a registered JWS algorithm is not offered (`None` for any other name): a policy
+    /// naming one is refused when it loads, rather than configuring a credential whose tokens
+    /// could never verify.
+    pub fn not_offered(name: &str) -> Option<&'static str> {
+        match name {
+            // RFC 7518 §3.4.
+            "ES512" => Some("ECDSA on P-521, which `ring` does not implement"),
+            // RFC 8812 §3.2.
+            "ES256K" => Some("ECDSA on secp256k1, which `ring` does not implement"),
+            _ => None,
+        }
+    }
+
     /// HS256, HS384, HS512: verified with a shared secret.
     pub const fn is_hmac(self) -> bool {
         matches!(self, Algorithm::Hs256 | Algorithm::Hs384 | Algorithm::Hs512)

@@ -254,6 +254,16 @@ fn jwt(d: &mut Diagnostics, key: &Spanned<String>, f: &CredentialFile) -> Spec {
                 } else if let Some(alg) = Algorithm::from_name(&a.value) {
                     algorithms.insert(alg);
                     alg_locs.push((alg, a.referenced));
+                } else if let Some(why) = Algorithm::not_offered(&a.value) {
+                    d.at(
+                        &a.referenced,
+                        format!(
+                            "credential `{cname}`: algorithm `{}` is not offered: {why} \
+                             (supported: {})",
+                            a.value,
+                            AlgorithmSet::all()
+                        ),
+                    );
                 } else {
                     d.at(
                         &a.referenced,

@@ -73,16 +73,16 @@ pub struct HttpArgs {
     /// HTTP part: rounds of each configuration (direct, enforcer, HAProxy), interleaved;
     /// medians are reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..=100))]
-    http_rounds: u32,
+    pub(super) http_rounds: u32,
     /// HTTP part: seconds each load run lasts.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=120))]
-    http_secs: u64,
+    pub(super) http_secs: u64,
     /// HTTP part: keep-alive connections of the load runs (wrk, one thread).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    http_connections: u32,
+    pub(super) http_connections: u32,
     /// HTTP part: seconds each single-connection latency run lasts.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
-    http_latency_secs: u64,
+    pub(super) http_latency_secs: u64,
     /// HTTP part: rules in the enforcer policy and in HAProxy's ACLs; the last one allows the
     /// benchmarked `GET /bench`.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -107,6 +107,24 @@ pub struct HttpArgs {
 impl HttpArgs {
     pub fn server_cpu(&self) -> usize {
         self.http_server_cpu
+    }
+
+    /// The CPUs of nginx and the agent, of wrk in load runs and of wrk in single-connection
+    /// runs, checked against the `cpus` this machine has.
+    pub(super) fn placement(&self, cpus: usize) -> anyhow::Result<(usize, usize, usize)> {
+        let server_cpu = self.http_server_cpu;
+        let client_cpu = self
+            .http_client_cpu
+            .unwrap_or(if cpus >= 2 { 1 } else { 0 });
+        let latency_cpu = self.http_latency_cpu.unwrap_or(server_cpu);
+        for (flag, cpu) in [
+            ("--http-server-cpu", server_cpu),
+            ("--http-client-cpu", client_cpu),
+            ("--http-latency-cpu", latency_cpu),
+        ] {
+            ensure!(cpu < cpus, "{flag} {cpu}: this machine has CPUs 0..{cpus}");
+        }
+        Ok((server_cpu, client_cpu, latency_cpu))
     }
 }
 
@@ -158,18 +176,7 @@ enum Kind {
 pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
     let started = Instant::now();
     let cpus = super::cpus();
-    let server_cpu = args.http_server_cpu;
-    let client_cpu = args
-        .http_client_cpu
-        .unwrap_or(if cpus >= 2 { 1 } else { 0 });
-    let latency_cpu = args.http_latency_cpu.unwrap_or(server_cpu);
-    for (flag, cpu) in [
-        ("--http-server-cpu", server_cpu),
-        ("--http-client-cpu", client_cpu),
-        ("--http-latency-cpu", latency_cpu),
-    ] {
-        ensure!(cpu < cpus, "{flag} {cpu}: this machine has CPUs 0..{cpus}");
-    }
+    let (server_cpu, client_cpu, latency_cpu) = args.placement(cpus)?;
     let wrk = find_program("wrk")?;
     let nginx_bin = find_program("nginx")?;
     let haproxy_bin = find_program("haproxy")?;
@@ -571,13 +578,13 @@ fn haproxy_config(port: u16, upstream: SocketAddr, rules: &[Rule], log: bool) ->
 // === servers ===
 
 /// A server process and the address it answers on.
-struct Server {
-    addr: SocketAddr,
-    pid: u32,
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
+    pub(super) pid: u32,
     _proc: Proc,
 }
 
-fn start_nginx(bin: &Path, dir: &Path, cpu: usize) -> anyhow::Result<Server> {
+pub(super) fn start_nginx(bin: &Path, dir: &Path, cpu: usize) -> anyhow::Result<Server> {
     start_server("nginx", dir, None, |port| {
         let conf = dir.join("nginx.conf");
         let d = dir.display();
@@ -711,7 +718,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// The status of `GET path` on a fresh connection, with bounded waits.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+pub(super) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
@@ -729,7 +736,7 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .with_context(|| format!("not an HTTP/1.1 response from {addr}: {text:.200}"))
 }
 
-fn find_program(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn find_program(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -740,7 +747,7 @@ fn find_program(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("resolve {name}"))
 }
 
-fn version(bin: &Path, flag: &str) -> String {
+pub(super) fn version(bin: &Path, flag: &str) -> String {
     let out = Command::new(bin).arg(flag).output();
     let text = out
         .map(|o| {
@@ -759,12 +766,12 @@ fn version(bin: &Path, flag: &str) -> String {
 }
 
 /// A directory removed with everything in it when dropped.
-struct TempDir {
-    path: PathBuf,
+pub(super) struct TempDir {
+    pub(super) path: PathBuf,
 }
 
 impl TempDir {
-    fn new(prefix: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(prefix: &str) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -785,7 +792,7 @@ impl Drop for TempDir {
 // === wrk ===
 
 /// Prints wrk's totals and exact percentiles (microseconds) as one JSON line at the end.
-const WRK_REPORT: &str = r#"done = function(summary, latency, requests)
+pub(super) const WRK_REPORT: &str = r#"done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '{"requests":%d,"duration_us":%d,"bytes":%d,' ..
@@ -807,14 +814,16 @@ struct Bench<'a> {
 }
 
 /// What one wrk run reported.
-struct WrkRun {
-    requests: u64,
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    socket_errors: u64,
-    errors: Value,
+pub(super) struct WrkRun {
+    pub(super) requests: u64,
+    pub(super) rps: f64,
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) p999: f64,
+    pub(super) socket_errors: u64,
+    /// Answers that are not 2xx or 3xx.
+    pub(super) status_errors: u64,
+    pub(super) errors: Value,
 }
 
 impl Bench<'_> {
@@ -829,62 +838,82 @@ impl Bench<'_> {
         } else {
             Command::new(self.wrk)
         };
-        cmd.args([
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            "--latency",
-        ])
-        .arg("-s")
-        .arg(self.script)
-        .arg(format!("http://{to}{BENCH_PATH}"));
-        pin_command(&mut cmd, cpu)?;
-        let limit = Duration::from_secs(secs) + WRK_SLACK;
-        let out = super::run_bounded("wrk", &mut cmd, limit)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            out.status.success(),
-            "wrk ({}) failed ({}): {stdout}{}",
+        let run = wrk(
             target.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .and_then(|l| serde_json::from_str(l).ok())
-            .with_context(|| format!("no JSON report in wrk's output: {stdout}"))?;
-        let n = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-        let e = &report["errors"];
-        let requests = report["requests"].as_u64().unwrap_or(0);
+            &mut cmd,
+            self.script,
+            &format!("http://{to}{BENCH_PATH}"),
+            conns,
+            secs,
+            cpu,
+        )?;
         ensure!(
-            requests > 0,
-            "wrk ({}) completed no request: {stdout}",
-            target.name()
-        );
-        ensure!(
-            e["status"] == 0,
+            run.status_errors == 0,
             "wrk ({}) got {} answers that are not 2xx or 3xx: the policy or HAProxy's ACLs \
              refuse GET {BENCH_PATH}",
             target.name(),
-            e["status"]
+            run.status_errors
         );
-        let socket_errors = ["connect", "read", "write", "timeout"]
-            .iter()
-            .map(|k| e[k].as_u64().unwrap_or(0))
-            .sum();
-        let latency = &report["latency_us"];
-        Ok(WrkRun {
-            requests,
-            rps: requests as f64 / (n(&report["duration_us"]) / 1e6),
-            p50: n(&latency["p50"]),
-            p99: n(&latency["p99"]),
-            p999: n(&latency["p999"]),
-            socket_errors,
-            errors: e.clone(),
-        })
+        Ok(run)
     }
+}
+
+/// Run wrk (`cmd`, its program) with one thread, `conns` keep-alive connections for `secs`
+/// seconds against `url`, pinned to `cpu`, with `script` (which must print [`WRK_REPORT`]'s
+/// line), and read its report. `name` names the run in errors.
+pub(super) fn wrk(
+    name: &str,
+    cmd: &mut Command,
+    script: &Path,
+    url: &str,
+    conns: u32,
+    secs: u64,
+    cpu: usize,
+) -> anyhow::Result<WrkRun> {
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ])
+    .arg("-s")
+    .arg(script)
+    .arg(url);
+    pin_command(cmd, cpu)?;
+    let limit = Duration::from_secs(secs) + WRK_SLACK;
+    let out = super::run_bounded("wrk", cmd, limit)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "wrk ({name}) failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no JSON report in wrk's output: {stdout}"))?;
+    let n = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let e = &report["errors"];
+    let requests = report["requests"].as_u64().unwrap_or(0);
+    ensure!(requests > 0, "wrk ({name}) completed no request: {stdout}");
+    let socket_errors = ["connect", "read", "write", "timeout"]
+        .iter()
+        .map(|k| e[k].as_u64().unwrap_or(0))
+        .sum();
+    let latency = &report["latency_us"];
+    Ok(WrkRun {
+        requests,
+        rps: requests as f64 / (n(&report["duration_us"]) / 1e6),
+        p50: n(&latency["p50"]),
+        p99: n(&latency["p99"]),
+        p999: n(&latency["p999"]),
+        socket_errors,
+        status_errors: e["status"].as_u64().unwrap_or(0),
+        errors: e.clone(),
+    })
 }
 
 /// Per-round values of each configuration (indexed by `Target as usize`).
@@ -1097,7 +1126,7 @@ impl AuditTotals {
     }
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -1117,14 +1146,14 @@ fn count_lines(path: &Path) -> anyhow::Result<u64> {
 /// /proc/stat) minus that of nginx, HAProxy, the agent, wrk (reaped children), this process
 /// and the kernel's softirq threads (which carry loopback traffic). On a shared VM another
 /// build or test run skews the rounds it overlaps; this says which.
-struct Ledger {
+pub(super) struct Ledger {
     pids: Vec<u32>,
     ticks_per_sec: f64,
     cpus: f64,
 }
 
 #[derive(Clone, Copy)]
-struct LedgerSample {
+pub(super) struct LedgerSample {
     at: Instant,
     /// user + nice + system + irq + softirq, all CPUs, in clock ticks.
     busy: u64,
@@ -1133,7 +1162,7 @@ struct LedgerSample {
 }
 
 impl Ledger {
-    fn new(mut pids: Vec<u32>, cpus: usize) -> Self {
+    pub(super) fn new(mut pids: Vec<u32>, cpus: usize) -> Self {
         for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
@@ -1153,7 +1182,7 @@ impl Ledger {
         }
     }
 
-    fn sample(&self) -> LedgerSample {
+    pub(super) fn sample(&self) -> LedgerSample {
         let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
         let t: Vec<u64> = stat
             .lines()
@@ -1191,7 +1220,7 @@ impl Ledger {
     }
 
     /// (other work, steal) between two samples, as shares of all CPUs' time.
-    fn shares(&self, from: LedgerSample, to: LedgerSample) -> (f64, f64) {
+    pub(super) fn shares(&self, from: LedgerSample, to: LedgerSample) -> (f64, f64) {
         let capacity = (to.at - from.at).as_secs_f64() * self.ticks_per_sec * self.cpus;
         let other = (to.busy - from.busy) as f64 - (to.ours - from.ours);
         (

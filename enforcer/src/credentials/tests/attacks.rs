@@ -1,4 +1,4 @@
-//! Hostile tokens, each refused with its exact error.
+//! Hostile tokens, each refused with its exact error and answered 401 `invalid_token`.
 
 use super::*;
 use crate::credentials::json::JsonWhy;
@@ -77,6 +77,8 @@ fn attacks_are_refused_with_their_exact_error() {
             it.next().unwrap().to_owned(),
         )
     };
+    // Base64 with its `=` padding (RFC 4648 §5), which RFC 7515 §2 leaves out.
+    let padded = |s: &str| format!("{s}{}", "=".repeat(4 - s.len() % 4));
     let big = t.rsa.token(
         "RS256",
         &with(json!({"pad": "x".repeat(DEFAULT_MAX_TOKEN_BYTES)})),
@@ -314,6 +316,20 @@ fn attacks_are_refused_with_their_exact_error() {
             JwtError::Malformed(Malformed::Base64 { part: Part::Header }),
         ),
         (
+            "padded payload",
+            format!("{gh}.{}.{gs}", padded(&gp)),
+            JwtError::Malformed(Malformed::Base64 {
+                part: Part::Payload,
+            }),
+        ),
+        (
+            "padded signature",
+            format!("{gh}.{gp}.{}", padded(&gs)),
+            JwtError::Malformed(Malformed::Base64 {
+                part: Part::Signature,
+            }),
+        ),
+        (
             "standard base64 in the payload",
             format!("{gh}.{}.{gs}", gp.replace('-', "+").replace('_', "/") + "+"),
             JwtError::Malformed(Malformed::Base64 {
@@ -454,7 +470,25 @@ fn attacks_are_refused_with_their_exact_error() {
     for (name, token, want) in cases {
         let got = t.verifier.verify(&token, NOW);
         match got {
-            Err(e) if e == want => {}
+            Err(e) if e == want => {
+                // Every one is an invalid token: 401 with RFC 6750's `invalid_token` challenge.
+                let failure = Failure {
+                    credential: "sso".into(),
+                    kind: CredentialKind::Jwt,
+                    rule: "r".into(),
+                    error: e.into(),
+                };
+                let challenge = failure.www_authenticate().unwrap_or_default();
+                if failure.status() != 401
+                    || !challenge.starts_with(r#"Bearer realm="sso", error="invalid_token""#)
+                {
+                    failures.push(format!(
+                        "{name}: answered {} with challenge `{challenge}`, want 401 and \
+                         `invalid_token`",
+                        failure.status()
+                    ));
+                }
+            }
             other => failures.push(format!("{name}: want {want:?}, got {other:?}")),
         }
     }

@@ -727,7 +727,7 @@ rules:
     let keys = keys.display();
     let want = [
         "test.yaml:11:25: credential `a`: `none` is never allowed: an unsigned token proves nothing".to_owned(),
-        "test.yaml:11:31: credential `a`: unknown algorithm `ES512` (supported: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)".to_owned(),
+        "test.yaml:11:31: credential `a`: algorithm `ES512` is not offered: ECDSA on P-521, which `ring` does not implement (supported: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)".to_owned(),
         "test.yaml:11:38: credential `a`: HS256 needs `secretFile`: HMAC keys never come from a JWKS".to_owned(),
         "test.yaml:13:3: credential `b`: `issuer` is required: tokens minted for another issuer must not be accepted".to_owned(),
         "test.yaml:13:3: credential `b`: `audience` is required: tokens minted for another service must not be accepted".to_owned(),
