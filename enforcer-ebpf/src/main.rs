@@ -24,7 +24,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -315,6 +315,15 @@ pub fn enf_getpeer6(ctx: SockAddrContext) -> i32 {
 #[sock_ops]
 pub fn enf_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
+        // The SYN of a redirected connect: ask for state callbacks now, so a connect that never
+        // establishes (the agent's accept queue full, the client giving up) still drops its
+        // cookie record at close instead of holding an LRU slot until evicted — a flood of
+        // such connects would otherwise push out other callers' pending records.
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if config().is_some_and(|cfg| is_to_listener(&ctx, cfg)) {
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            }
+        }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
         // args[1] is the new state.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
