@@ -20,8 +20,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    Global,
-    EbpfContext as _,
+    EbpfContext as _, Global,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,

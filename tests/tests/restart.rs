@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    io::Write as _,
     net::SocketAddr,
     process::{Command, Stdio},
     thread,
@@ -429,4 +430,67 @@ fn a_hung_agent_that_wakes_after_a_takeover_steps_aside() {
     assert!(!status.success(), "{status}");
     // The new agent's heartbeat was left alone.
     assert!(redirected(&echo(&cgroup, upstream.addr)));
+}
+
+/// A redirected connect that never establishes (the agent's accept queue is full while it is
+/// stalled, and the client gives up) drops its record when it closes: a burst of them must not
+/// linger in the LRU map, where it would push out other callers' pending records.
+#[test]
+fn connects_that_never_establish_leave_no_record() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Server::echo("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let agent = Agent::start(&cgroup, &tcp_policy(upstream.addr, "closed"));
+    let mut probe = cgroup
+        .command(probe_binary())
+        .args(["syn-burst", &upstream.addr.to_string(), "3000", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start probe");
+    // Stalled, the agent accepts nothing: its queue fills and later SYNs go unanswered. The
+    // burst starts at once, well before the heartbeat goes stale.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    probe
+        .stdin
+        .take()
+        .expect("probe stdin")
+        .write_all(b"go\n")
+        .expect("start the burst");
+    let out = probe.wait_with_output().expect("probe");
+    let records = cgroup_records(&agent);
+    let lingering = (0..50)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(100));
+            records()
+        })
+        .find(|&n| n == 0)
+        .unwrap_or_else(records);
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    let report: Value = serde_json::from_slice(&out.stdout).expect("probe report");
+    let started = report["in_progress"].as_u64().unwrap() + report["connected"].as_u64().unwrap();
+    assert!(
+        started > 2000,
+        "the burst must reach the stalled agent, not be failed closed: {report}"
+    );
+    assert_eq!(lingering, 0, "records left by closed connects ({report})");
+}
+
+/// A counter of the entries in the agent's pinned cookie-keyed record map.
+fn cgroup_records(agent: &Agent) -> impl Fn() -> usize {
+    let map = agent.pin_path().join("maps/CONN_BY_COOKIE");
+    move || {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&map)
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool map dump: {out:?}");
+        let entries: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+        entries.as_array().map_or(0, Vec::len)
+    }
 }

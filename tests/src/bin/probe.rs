@@ -23,6 +23,9 @@
 //! - `probe flood ADDR PATH SECONDS THREADS HOLD`: for SECONDS, THREADS threads each open
 //!   connections as fast as they can, send 4 pipelined `GET PATH` on each and keep the last HOLD
 //!   open (older ones are closed with RST); reports connects, outcomes and statuses.
+//! - `probe syn-burst ADDR COUNT HOLD_MS`: once a line arrives on stdin, start COUNT
+//!   non-blocking connects at once, keep them HOLD_MS, close them all; reports how each connect
+//!   started (`connected`, `in_progress`, `refused`, `failed`).
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -48,6 +51,7 @@ fn main() {
         "hold" => hold(addr, arg(2), num(3)),
         "paced" => paced(addr, arg(2), num(3), num(4)),
         "flood" => flood(addr, arg(2), num(3), num(4), num(5) as usize),
+        "syn-burst" => syn_burst(addr, num(2), num(3)),
         _ => usage(),
     };
     println!("{out}");
@@ -55,7 +59,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood ADDR ARGS..."
+        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood|syn-burst ADDR ARGS..."
     );
     std::process::exit(2)
 }
@@ -466,4 +470,28 @@ fn flood(
         outcomes.append(&mut o);
     }
     json!({ "connects": connects, "outcomes": count(outcomes) })
+}
+
+fn syn_burst(addr: SocketAddr, count: u64, hold_ms: u64) -> serde_json::Value {
+    use socket2::{Domain, Socket, Type};
+    let _ = io::stdin().read_line(&mut String::new());
+    let (mut connected, mut in_progress, mut refused, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut sockets = Vec::new();
+    for _ in 0..count {
+        let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM, None) else {
+            failed += 1;
+            continue;
+        };
+        let _ = socket.set_nonblocking(true);
+        match socket.connect(&addr.into()) {
+            Ok(()) => connected += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => in_progress += 1,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => failed += 1,
+        }
+        sockets.push(socket);
+    }
+    thread::sleep(Duration::from_millis(hold_ms));
+    drop(sockets);
+    json!({ "connected": connected, "in_progress": in_progress, "refused": refused, "failed": failed })
 }
