@@ -456,7 +456,9 @@ fn rate_record(kind: Kind, identity: &Arc<str>, w: &Window, burst: &Burst) -> An
     let seconds = burst.window.as_secs();
     let what = match kind {
         Kind::RequestBurst => "requests",
-        Kind::AuthFailureBurst => "authentication failures (credential missing, invalid or not bound to the caller)",
+        Kind::AuthFailureBurst => {
+            "authentication failures (credential missing, invalid or not bound to the caller)"
+        }
         _ => "denied requests",
     };
     let explanation = format!(

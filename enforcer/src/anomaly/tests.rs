@@ -96,10 +96,17 @@ fn a_window_is_judged_against_the_baseline_before_it() {
     let mut rate = Rate::default();
     let mut begun = Vec::new();
     // Per tick: a quiet start (baseline 4), a burst over two windows, quiet, a second burst.
-    let ticks = [2, 2, 2, 2, 20, 20, 30, 10, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 50, 0];
+    let ticks = [
+        2, 2, 2, 2, 20, 20, 30, 10, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 50, 0,
+    ];
     for (i, count) in ticks.into_iter().enumerate() {
         if let Some(w) = rate.tick(count, &b) {
-            begun.push((i, w.count, w.threshold, (w.baseline * 1000.0).round() / 1000.0));
+            begun.push((
+                i,
+                w.count,
+                w.threshold,
+                (w.baseline * 1000.0).round() / 1000.0,
+            ));
         }
     }
     // The second window of the first burst (40 again) is the same episode; the quiet windows
@@ -317,7 +324,10 @@ fn detectors_turned_off_see_nothing() {
     for _ in 0..1000 {
         d.observe(&r);
     }
-    assert_eq!(d.tick(&only(), Instant::now() + Duration::from_secs(3600)), []);
+    assert_eq!(
+        d.tick(&only(), Instant::now() + Duration::from_secs(3600)),
+        []
+    );
     assert!(lock(&d.tokens).map.is_empty());
     assert!(lock(&d.pairs).map.is_empty());
 }

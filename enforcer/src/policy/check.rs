@@ -15,14 +15,15 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Anomalies, AuditSink, Burst, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol, Service, Settings,
-    VERSION,
+    Anomalies, AuditSink, Burst, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol,
+    Service, Settings, VERSION,
     caller::{self, IdentityMatcher},
     credential::{self, Builders},
     diagnostic::Diagnostics,
     endpoint::Endpoint,
     file::{
-        AnomaliesFile, AuditFile, BurstFile, Entries, File, IdentityFile, LimitsFile, RuleFile, ServiceFile, VersionProbe,
+        AnomaliesFile, AuditFile, BurstFile, Entries, File, IdentityFile, LimitsFile, RuleFile,
+        ServiceFile, VersionProbe,
     },
     matcher::{Callers, Rule},
     pattern::{Methods, PathPattern},
@@ -214,7 +215,10 @@ fn burst(
         None => default.min_count,
         Some(n) if n.value >= 1 => n.value,
         Some(n) => {
-            d.at(&n.referenced, format!("`{field}.minCount` must be at least 1"));
+            d.at(
+                &n.referenced,
+                format!("`{field}.minCount` must be at least 1"),
+            );
             default.min_count
         }
     };
