@@ -215,10 +215,8 @@ pub struct Audit {
     stats: Arc<Stats>,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are the queue's payload; boxing them would allocate once more per request"
-)]
+/// Records travel unboxed: boxing them would allocate once more per request. (With two record
+/// kinds of similar size, `clippy::large_enum_variant` no longer fires.)
 enum Message {
     Record(Record),
     Anomaly(AnomalyRecord),
