@@ -215,8 +215,7 @@ pub struct Audit {
     stats: Arc<Stats>,
 }
 
-/// Records travel unboxed: boxing them would allocate once more per request. (With two record
-/// kinds of similar size, `clippy::large_enum_variant` no longer fires.)
+/// Records travel unboxed: boxing them would allocate once more per request.
 enum Message {
     Record(Record),
     Anomaly(AnomalyRecord),
