@@ -45,7 +45,7 @@ use crate::{
 
 /// How often windows are counted and judged: the resolution of every window.
 pub const TICK: Duration = Duration::from_secs(1);
-/// Identities tracked. Names come from the policy, so this only binds a policy with more
+/// Identities tracked. Names come from the policy, so this only limits a policy with more
 /// identities than this, or many reloads that rename them.
 pub const MAX_IDENTITIES: usize = 4096;
 /// (identity, service, endpoint) triples remembered: beyond, the oldest learned is forgotten,
