@@ -153,6 +153,62 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// One anomaly episode (`crate::anomaly`): what was seen, against what, and why it matters.
+/// Told from decision records by `"record": "anomaly"`. Like them, it never holds a
+/// credential: a token or key appears only as its keyed fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnomalyRecord {
+    pub time: f64,
+    pub record: &'static str,
+    pub kind: &'static str,
+    /// The first policy identity the caller matched, or `unidentified`.
+    pub identity: Arc<str>,
+    pub observed: Measure,
+    /// The smallest anomalous count (rate detectors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Measure>,
+    /// What is usual: the identity's moving average per window (rate detectors), the first
+    /// identity that presented the token, the digest last seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Measure>,
+    /// The counting window (rate detectors) or learning window (`new_endpoint`), seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_s: Option<f64>,
+    pub explanation: String,
+    /// The request that revealed it (not for the rate detectors, which count many).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Arc<str>>,
+    /// Rule id, or `unmatched` (`new_endpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Arc<str>>,
+    /// The token's or key's keyed fingerprint (`token_reuse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<Arc<str>>,
+}
+
+/// A value an anomaly record compares: a count, an average, or a name or digest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Measure {
+    Count(u64),
+    Level(f64),
+    Text(Arc<str>),
+}
+
+impl std::fmt::Display for Measure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Measure::Count(n) => write!(f, "{n}"),
+            Measure::Level(x) => write!(f, "{x:.1}"),
+            Measure::Text(s) => f.write_str(s),
+        }
+    }
+}
+
 /// The sending side of the audit trail. Cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
@@ -160,12 +216,10 @@ pub struct Audit {
     stats: Arc<Stats>,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are the queue's payload; boxing them would allocate once more per request"
-)]
+/// Records travel unboxed: boxing them would allocate once more per request.
 enum Message {
     Record(Record),
+    Anomaly(AnomalyRecord),
     /// Write out everything queued before this, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -206,6 +260,13 @@ impl Audit {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Relaxed);
             }
+        }
+    }
+
+    /// Queue an anomaly record; never blocks.
+    pub fn anomaly(&self, record: AnomalyRecord) {
+        if self.tx.try_send(Message::Anomaly(record)).is_err() {
+            self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -260,6 +321,7 @@ fn write_loop(rx: Receiver<Message>, mut sink: Box<dyn Sink>, stats: &Stats) {
         while let Some(message) = next {
             match message {
                 Message::Record(record) => write_record(&mut *sink, &mut line, &record, stats),
+                Message::Anomaly(record) => write_record(&mut *sink, &mut line, &record, stats),
                 Message::Flush(done) => waiting.push(done),
             }
             next = rx.try_recv().ok();
@@ -273,7 +335,7 @@ fn write_loop(rx: Receiver<Message>, mut sink: Box<dyn Sink>, stats: &Stats) {
     }
 }
 
-fn write_record(sink: &mut dyn Sink, line: &mut Vec<u8>, record: &Record, stats: &Stats) {
+fn write_record(sink: &mut dyn Sink, line: &mut Vec<u8>, record: &impl Serialize, stats: &Stats) {
     line.clear();
     let written = serde_json::to_writer(&mut *line, record)
         .map_err(io::Error::from)

@@ -1,6 +1,7 @@
 //! The enforcer agent as a library: the binary (`main.rs`) is its CLI, and benchmarks call the
 //! decision path directly.
 
+pub mod anomaly;
 pub mod audit;
 pub mod binding;
 pub mod credentials;

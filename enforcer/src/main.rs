@@ -19,6 +19,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use enforcer::{
+    anomaly::{self, Detectors},
     audit::Audit,
     binding::{Bindings, MAX_BINDINGS},
     credentials::Fingerprinter,
@@ -267,6 +268,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let fingerprints = Fingerprinter::load_or_create(&args.state_dir.join("fingerprint.key"))?;
     let bindings = Bindings::open(&args.state_dir.join("bindings.jsonl"), MAX_BINDINGS)?;
     let services = policy.services.len();
+    // The metrics module's registry replaces this one once it exists.
+    let registry = prometheus::Registry::new();
+    let anomalies = Arc::new(Detectors::new(&policy.settings.anomalies));
+    anomalies
+        .register(&registry)
+        .context("cannot register the anomaly metrics")?;
     let store = Arc::new(PolicyStore::new(policy));
     let relay_store = store.clone();
     let stats = Arc::new(Stats::default());
@@ -276,16 +283,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         fingerprints,
         bindings: Arc::new(bindings),
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
+        anomalies: anomalies.clone(),
         stats: stats.clone(),
         limiter: Limiter::new(),
         connect_timeout,
     });
     // Every task serving connects, so shutdown can end them before the audit is flushed.
-    let mut tasks = vec![tokio::spawn(reload::watch(
-        args.policy.clone(),
-        store,
-        redirect.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(anomaly::watch(
+            anomalies,
+            store.clone(),
+            relay.audit.clone(),
+        )),
+        tokio::spawn(reload::watch(args.policy.clone(), store, redirect.clone())),
+    ];
     tasks.push(tokio::spawn(proxy::serve(
         listener4,
         redirect.clone(),

@@ -140,6 +140,7 @@ pub struct Settings {
     pub mode: Mode,
     pub limits: Limits,
     pub audit: AuditSink,
+    pub anomalies: Anomalies,
 }
 
 /// Enforce decisions, or only record them.
@@ -192,6 +193,36 @@ pub enum AuditSink {
         max_bytes: u64,
         keep: u32,
     },
+}
+
+/// `settings.anomalies`: what the anomaly detectors (`crate::anomaly`) report, and when. A
+/// detector set to `None` (or `false`) is off. The defaults are explained in `docs/policy.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anomalies {
+    /// Requests per window, against the identity's own baseline.
+    pub request_burst: Option<Burst>,
+    /// Credentials missing, invalid or not bound to the caller, per window.
+    pub auth_failure_burst: Option<Burst>,
+    /// Denied (and would-deny) requests per window.
+    pub deny_spike: Option<Burst>,
+    /// How long an identity's (service, endpoint) pairs are learned, from its first request,
+    /// before a pair not seen yet is reported.
+    pub new_endpoint: Option<Duration>,
+    /// A token or API key presented by a second identity.
+    pub token_reuse: bool,
+    /// An executable path whose SHA-256 changed under the same identity.
+    pub binary_changed: bool,
+}
+
+/// A count per window is anomalous when it is at least `min_count` and above `factor` times
+/// the identity's baseline (the moving average of its past windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Burst {
+    /// A whole number of seconds, at least 1 (the detectors' clock ticks every second).
+    pub window: Duration,
+    /// `factor` × 100, so that settings stay `Eq`.
+    pub factor_percent: u32,
+    pub min_count: u64,
 }
 
 /// Numbers a policy is identified by; see [`Policy::generation`].
@@ -355,6 +386,55 @@ impl Default for Limits {
             // nginx's proxy_read_timeout and HAProxy's usual `timeout server` (60 s).
             response_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+// === impl Anomalies ===
+
+impl Anomalies {
+    /// 20 requests/s sustained over 10 s, and 4× the usual: an idle identity's first few calls
+    /// are not a burst, and a busy one's daily swing (about 2×) is not either.
+    pub const REQUEST_BURST: Burst = Burst {
+        window: Duration::from_secs(10),
+        factor_percent: 400,
+        min_count: 200,
+    };
+    /// One failure a second for 10 s: above a client retrying an expired token a few times,
+    /// well below a credential-stuffing run.
+    pub const AUTH_FAILURE_BURST: Burst = Burst {
+        window: Duration::from_secs(10),
+        factor_percent: 300,
+        min_count: 10,
+    };
+    /// Two denials a second for 10 s: a misconfigured client shows up once, then its baseline
+    /// absorbs it; a caller probing endpoints shows up as a spike.
+    pub const DENY_SPIKE: Burst = Burst {
+        window: Duration::from_secs(10),
+        factor_percent: 300,
+        min_count: 20,
+    };
+    /// Long enough to see a service's startup and its first periodic jobs.
+    pub const NEW_ENDPOINT_LEARNING: Duration = Duration::from_secs(600);
+}
+
+impl Default for Anomalies {
+    fn default() -> Self {
+        Self {
+            request_burst: Some(Self::REQUEST_BURST),
+            auth_failure_burst: Some(Self::AUTH_FAILURE_BURST),
+            deny_spike: Some(Self::DENY_SPIKE),
+            new_endpoint: Some(Self::NEW_ENDPOINT_LEARNING),
+            token_reuse: true,
+            binary_changed: true,
+        }
+    }
+}
+
+// === impl Burst ===
+
+impl Burst {
+    pub fn factor(&self) -> f64 {
+        f64::from(self.factor_percent) / 100.0
     }
 }
 

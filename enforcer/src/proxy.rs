@@ -29,6 +29,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    anomaly::Detectors,
     audit::Audit,
     binding::Bindings,
     credentials::Fingerprinter,
@@ -63,6 +64,8 @@ pub struct Relay {
     /// Who first used each credential with `bindOnFirstUse`.
     pub bindings: Arc<Bindings>,
     pub resolver: Arc<Resolver>,
+    /// Counts every record for the anomaly detectors.
+    pub anomalies: Arc<Detectors>,
     pub stats: Arc<Stats>,
     /// Connection counts and request buckets.
     pub limiter: Limiter,
@@ -112,6 +115,7 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
 impl Relay {
     /// Every request ends here with its record: the one place that reports a decision.
     fn finish(&self, record: crate::audit::Record) {
+        self.anomalies.observe(&record);
         self.audit.record(record);
     }
 

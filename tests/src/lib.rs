@@ -724,6 +724,9 @@ impl HttpUpstream {
         let raw = Arc::new(Mutex::new(Vec::new()));
         let (r2, raw2) = (requests.clone(), raw.clone());
         let server = Server::start(bind, move |s, _| {
+            // Answers take several small writes: without this, Nagle's algorithm holds each
+            // keep-alive response ~40 ms for the previous one's ACK.
+            s.set_nodelay(true)?;
             let slot = {
                 let mut raw = raw2.lock().unwrap();
                 raw.push(Vec::new());

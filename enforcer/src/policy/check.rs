@@ -15,14 +15,15 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    AuditSink, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol, Service, Settings,
-    VERSION,
+    Anomalies, AuditSink, Burst, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol,
+    Service, Settings, VERSION,
     caller::{self, IdentityMatcher},
     credential::{self, Builders},
     diagnostic::Diagnostics,
     endpoint::Endpoint,
     file::{
-        AuditFile, Entries, File, IdentityFile, LimitsFile, RuleFile, ServiceFile, VersionProbe,
+        AnomaliesFile, AuditFile, BurstFile, Entries, File, IdentityFile, LimitsFile, RuleFile,
+        ServiceFile, VersionProbe,
     },
     matcher::{Callers, Rule},
     pattern::{Methods, PathPattern},
@@ -127,7 +128,106 @@ fn settings(d: &mut Diagnostics, s: super::file::SettingsFile) -> Settings {
         mode: s.mode.unwrap_or_default(),
         limits: limits(d, s.limits.unwrap_or_default()),
         audit: s.audit.map_or(AuditSink::Stdout, |a| audit(d, a)),
+        anomalies: anomalies(d, s.anomalies.unwrap_or_default()),
     }
+}
+
+// === settings.anomalies ===
+
+/// Longest window of a rate detector: its counts are kept per identity, and a longer window
+/// would hide a burst in an hour of normal traffic anyway.
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// Largest `factor`: beyond it a burst could never be told from a baseline of 1.
+const MAX_FACTOR: f64 = 1000.0;
+
+fn anomalies(d: &mut Diagnostics, a: AnomaliesFile) -> Anomalies {
+    let on = |enabled: Option<bool>| enabled != Some(false);
+    let learning = Anomalies::NEW_ENDPOINT_LEARNING;
+    Anomalies {
+        request_burst: burst(d, a.request_burst, Anomalies::REQUEST_BURST, "requestBurst"),
+        auth_failure_burst: burst(
+            d,
+            a.auth_failure_burst,
+            Anomalies::AUTH_FAILURE_BURST,
+            "authFailureBurst",
+        ),
+        deny_spike: burst(d, a.deny_spike, Anomalies::DENY_SPIKE, "denySpike"),
+        new_endpoint: match a.new_endpoint {
+            None => Some(learning),
+            Some(n) if !on(n.enabled) => None,
+            Some(n) => Some(timeout(d, n.learning, "newEndpoint.learning", learning)),
+        },
+        token_reuse: a.token_reuse.is_none_or(|s| on(s.enabled)),
+        binary_changed: a.binary_changed.is_none_or(|s| on(s.enabled)),
+    }
+}
+
+/// A rate detector's settings; `None` when turned off.
+fn burst(
+    d: &mut Diagnostics,
+    file: Option<BurstFile>,
+    default: Burst,
+    field: &str,
+) -> Option<Burst> {
+    let Some(b) = file else {
+        return Some(default);
+    };
+    if b.enabled == Some(false) {
+        return None;
+    }
+    let window = match b.window {
+        None => default.window,
+        Some(w) => match duration(&w.value) {
+            Ok(t) if t.subsec_nanos() == 0 && t <= MAX_WINDOW => t,
+            Ok(_) => {
+                d.at(
+                    &w.referenced,
+                    format!(
+                        "bad `{field}.window` `{}`: a whole number of seconds from `1s` to `1h`",
+                        w.value
+                    ),
+                );
+                default.window
+            }
+            Err(why) => {
+                d.at(
+                    &w.referenced,
+                    format!("bad `{field}.window` `{}`: {why}", w.value),
+                );
+                default.window
+            }
+        },
+    };
+    let factor_percent = match b.factor {
+        None => default.factor_percent,
+        Some(f) if (1.0..=MAX_FACTOR).contains(&f.value) => (f.value * 100.0).round() as u32,
+        Some(f) => {
+            d.at(
+                &f.referenced,
+                format!(
+                    "bad `{field}.factor` `{}`: a number from 1 to {MAX_FACTOR}",
+                    f.value
+                ),
+            );
+            default.factor_percent
+        }
+    };
+    let min_count = match b.min_count {
+        None => default.min_count,
+        Some(n) if n.value >= 1 => n.value,
+        Some(n) => {
+            d.at(
+                &n.referenced,
+                format!("`{field}.minCount` must be at least 1"),
+            );
+            default.min_count
+        }
+    };
+    Some(Burst {
+        window,
+        factor_percent,
+        min_count,
+    })
 }
 
 fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {

@@ -42,6 +42,7 @@ pub(super) struct SettingsFile {
     pub mode: Option<Mode>,
     pub limits: Option<LimitsFile>,
     pub audit: Option<AuditFile>,
+    pub anomalies: Option<AnomaliesFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,6 +68,40 @@ pub(super) struct RuleLimitsFile {
     pub rate: Option<Spanned<String>>,
     pub burst: Option<Spanned<u64>>,
     pub max_body_bytes: Option<Spanned<u64>>,
+}
+
+/// `settings.anomalies`: a detector left out keeps its defaults; `enabled: false` turns it off.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct AnomaliesFile {
+    pub request_burst: Option<BurstFile>,
+    pub auth_failure_burst: Option<BurstFile>,
+    pub deny_spike: Option<BurstFile>,
+    pub new_endpoint: Option<NewEndpointFile>,
+    pub token_reuse: Option<SwitchFile>,
+    pub binary_changed: Option<SwitchFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct BurstFile {
+    pub enabled: Option<bool>,
+    pub window: Option<Spanned<String>>,
+    pub factor: Option<Spanned<f64>>,
+    pub min_count: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewEndpointFile {
+    pub enabled: Option<bool>,
+    pub learning: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SwitchFile {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -1,7 +1,8 @@
 //! Policy tests. Submodules: `check` (every diagnostic), `pattern` (paths, methods, globs),
 //! `identity` (matching callers), `decide` (decisions), `explain`, `credentials` (the
-//! `credentials` section and rules' `require`).
+//! `credentials` section and rules' `require`), `anomalies` (`settings.anomalies`).
 
+mod anomalies;
 mod check;
 mod credentials;
 mod decide;

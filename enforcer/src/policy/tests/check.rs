@@ -347,6 +347,7 @@ services:
                 max_bytes: 100 * 1024 * 1024,
                 keep: 2,
             },
+            anomalies: Anomalies::default(),
         }
     );
 }
