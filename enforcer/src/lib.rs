@@ -6,6 +6,7 @@ pub mod binding;
 pub mod credentials;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

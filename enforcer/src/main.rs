@@ -23,6 +23,7 @@ use enforcer::{
     binding::{Bindings, MAX_BINDINGS},
     credentials::Fingerprinter,
     identity::Resolver,
+    metrics::{self, Metrics},
     policy::{self, Policy},
     proxy,
     proxy::{Relay, Stats},
@@ -57,6 +58,13 @@ enum Command {
     },
     /// Print what a policy decides for a request from a described process, and why.
     Explain(ExplainArgs),
+    /// Print a running agent's state: programs, policy, services, traffic (from its
+    /// metrics endpoint's /status).
+    Status {
+        /// The agent's --metrics-addr.
+        #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+        metrics_addr: SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +120,11 @@ struct RunArgs {
     /// bind-on-first-use bindings.
     #[arg(long, default_value = "/var/lib/enforcer")]
     state_dir: PathBuf,
+    /// Where to serve /metrics (Prometheus), /healthz, /readyz and /status; `off` for no
+    /// endpoint and no metrics recording. Loopback by default: /status names the policy file
+    /// and services.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    metrics_addr: metrics::Endpoint,
 }
 
 fn main() {
@@ -121,6 +134,7 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Check { file } => check(&file),
         Command::Explain(args) => explain(args),
+        Command::Status { metrics_addr } => status(metrics_addr),
     };
     if let Err(e) = result {
         eprintln!("enforcer: error: {e:#}");
@@ -179,12 +193,31 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn status(addr: SocketAddr) -> anyhow::Result<()> {
+    print!("{}", metrics::fetch_status(addr)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
         bail!("--connect-timeout must be a positive number of seconds");
     }
     let policy = Policy::load(&args.policy)?;
+    // The endpoint is up first, so /healthz answers and /readyz says "not yet" while the
+    // programs are attached.
+    let (metrics, metrics_addr) = match args.metrics_addr {
+        metrics::Endpoint::Off => (None, None),
+        metrics::Endpoint::At(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+            let bound = listener.local_addr()?;
+            let metrics = Arc::new(Metrics::new().context("BUG: metrics registration")?);
+            tokio::spawn(metrics::serve(listener, metrics.clone()));
+            (Some(metrics), Some(bound))
+        }
+    };
     let cgroup = match args.cgroup {
         Some(path) => path,
         None => redirect::cgroup2_root()?,
@@ -235,7 +268,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        metrics: metrics.clone(),
     });
+    if let Some(metrics) = &metrics {
+        metrics.attach(metrics::Agent {
+            redirect: Arc::downgrade(&redirect),
+            listeners,
+            store: store.clone(),
+            connections: stats.clone(),
+            audit: relay.audit.stats().clone(),
+        });
+    }
     // Every task holding the redirect, so shutdown can end them all before detaching.
     let mut tasks = vec![tokio::spawn(reload::watch(
         args.policy.clone(),
@@ -262,13 +305,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup = %redirect.cgroup().display(),
         listen = %listen4,
         listen6 = listen6.map(tracing::field::display),
+        metrics = metrics_addr.map(tracing::field::display),
         services,
         "enforcer ready"
     );
+    if let Some(metrics) = &metrics {
+        metrics.set_ready(true);
+    }
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    if let Some(metrics) = &metrics {
+        metrics.set_ready(false);
     }
     for task in &tasks {
         task.abort();

@@ -30,6 +30,7 @@ use crate::{
     binding::Bindings,
     credentials::Fingerprinter,
     identity::{Identity, Resolver, Unresolved},
+    metrics::{Metrics, UpstreamError},
     policy::Protocol,
     redirect::{self, Redirect},
     reload::PolicyStore,
@@ -61,6 +62,8 @@ pub struct Relay {
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
     pub connect_timeout: Duration,
+    /// `None` with `--metrics-addr off`: nothing is recorded.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Accept redirected connections on `listener` until the task is dropped.
@@ -82,13 +85,21 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             continue;
         };
         relay.stats.accepted.fetch_add(1, Relaxed);
-        tokio::spawn(relay.clone().handle(stream, peer, meta));
+        let active = relay.metrics.as_ref().map(|m| m.connection_opened());
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            relay.handle(stream, peer, meta).await;
+            drop(active);
+        });
     }
 }
 
 impl Relay {
     /// Every request ends here with its record: the one place that reports a decision.
     fn finish(&self, record: crate::audit::Record) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&record);
+        }
         self.audit.record(record);
     }
 
@@ -141,6 +152,10 @@ impl Relay {
                     _ => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
                 };
                 self.stats.upstream_failed.fetch_add(1, Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    let service = service.unwrap_or("unknown");
+                    metrics.upstream_error(service, UpstreamError::of_connect(&error));
+                }
                 log_connection(&identity, peer, dst, service, Some(&error));
                 reset(client);
                 return;

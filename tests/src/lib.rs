@@ -243,6 +243,8 @@ pub struct Agent {
     policy_file: PathBuf,
     pub listen: SocketAddr,
     pub listen6: Option<SocketAddr>,
+    /// The metrics endpoint (`None` with `--metrics-addr off`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -256,11 +258,18 @@ impl Agent {
         Self::spawn(&enforcer_binary(), cgroup, policy, extra_args)
     }
 
-    /// Start `binary` as the agent (see [`Agent::start`]).
+    /// Start `binary` as the agent (see [`Agent::start`]). Its metrics endpoint takes a free
+    /// port unless `extra_args` says `--metrics-addr`: agents of parallel tests must not
+    /// collide on the default.
     pub fn spawn(binary: &Path, cgroup: &Cgroup, policy: &str, extra_args: &[&str]) -> Self {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
         let state_dir = cgroup_scoped_temp(cgroup, "state");
+        let metrics_args: &[&str] = if extra_args.contains(&"--metrics-addr") {
+            &[]
+        } else {
+            &["--metrics-addr", "127.0.0.1:0"]
+        };
         let mut child = cgroup
             .command(binary)
             .args(["--log-format", "json", "run", "--policy"])
@@ -270,6 +279,7 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&state_dir)
+            .args(metrics_args)
             .args(extra_args)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -295,10 +305,12 @@ impl Agent {
             policy_file,
             listen: "0.0.0.0:0".parse().unwrap(),
             listen6: None,
+            metrics: None,
         };
         let ready = agent.wait_event("agent ready", |e| e["event"] == "ready");
         agent.listen = ready["listen"].as_str().unwrap().parse().unwrap();
         agent.listen6 = ready["listen6"].as_str().map(|s| s.parse().unwrap());
+        agent.metrics = ready["metrics"].as_str().map(|s| s.parse().unwrap());
         agent
     }
 
