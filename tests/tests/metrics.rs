@@ -90,7 +90,7 @@ fn closed_port() -> SocketAddr {
 fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
