@@ -766,6 +766,9 @@ fn serve_http(
     raw: &Mutex<Vec<Vec<u8>>>,
     slot: usize,
 ) -> io::Result<()> {
+    // Responses go out in several writes: without this, each waits for the agent's delayed
+    // ACK (40 ms), and pipelined runs crawl.
+    stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
     let mut conn = Logged {
         stream,

@@ -90,7 +90,11 @@ fn closed_port() -> SocketAddr {
 fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -114,7 +118,8 @@ fn series_count(text: &str) -> usize {
     text.lines().filter(|l| !l.starts_with('#')).count()
 }
 
-/// Pipeline `requests` from a probe in `cgroup`; returns the count of each response status.
+/// Pipeline `requests` from a probe in `cgroup`; returns its report (`statuses`: the count
+/// of each response status, `end`).
 fn pipeline(cgroup: &Cgroup, to: SocketAddr, requests: &[u8]) -> Value {
     let mut cmd = cgroup.command(probe_binary());
     cmd.args(["pipeline", &to.to_string()]);
@@ -130,9 +135,7 @@ fn pipeline(cgroup: &Cgroup, to: SocketAddr, requests: &[u8]) -> Value {
     let out = child.wait_with_output().expect("probe");
     writer.join().unwrap().expect("write probe stdin");
     assert!(out.status.success(), "probe pipeline failed: {out:?}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
-    assert_eq!(report["end"], "closed", "{report}");
-    report["statuses"].clone()
+    serde_json::from_slice(&out.stdout).expect("probe JSON")
 }
 
 fn get_request(path: &str, extra: &str) -> String {
@@ -573,7 +576,15 @@ fn cardinality_is_bounded_by_the_policy() {
     }
     let upstream = HttpUpstream::start("127.0.0.1:0");
     let cgroup = Cgroup::new();
-    let agent = Agent::start(&cgroup, &policy(upstream.addr(), closed_port()));
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let text = policy(upstream.addr(), closed_port()).replace(
+        "version: 1\n",
+        &format!(
+            "version: 1\nsettings:\n  audit: {{file: {}}}\n",
+            audit.display()
+        ),
+    );
+    let agent = Agent::start(&cgroup, &text);
     let u = upstream.addr();
     let batch = |from: u32, to: u32| {
         let mut out = String::with_capacity((to - from) as usize * 120);
@@ -597,16 +608,25 @@ fn cardinality_is_bounded_by_the_policy() {
     };
 
     // Every label combination this traffic can produce, once.
-    let statuses = pipeline(&cgroup, u, &batch(0, 1_000));
-    assert_eq!(statuses["200"], 100, "{statuses}");
-    assert_eq!(statuses["403"], 900, "{statuses}");
+    let check = |report: Value, allowed: u64, denied: u64| {
+        let log = || {
+            let events = agent.events();
+            let warnings: Vec<_> = events.iter().filter(|e| e["level"] != "INFO").collect();
+            let records = fs::read_to_string(&audit).unwrap_or_default();
+            let last: Vec<_> = records.lines().rev().take(3).collect();
+            format!("{warnings:#?}\n{last:#?}")
+        };
+        assert_eq!(report["end"], "closed", "{report}\n{}", log());
+        assert_eq!(report["statuses"]["200"], allowed, "{report}\n{}", log());
+        assert_eq!(report["statuses"]["403"], denied, "{report}\n{}", log());
+    };
+    check(pipeline(&cgroup, u, &batch(0, 1_000)), 100, 900);
     let before = scrape(&agent);
 
     let started = Instant::now();
-    let statuses = pipeline(&cgroup, u, &batch(1_000, 101_000));
+    let report = pipeline(&cgroup, u, &batch(1_000, 101_000));
     let secs = started.elapsed().as_secs_f64();
-    assert_eq!(statuses["200"], 10_000, "{statuses}");
-    assert_eq!(statuses["403"], 90_000, "{statuses}");
+    check(report, 10_000, 90_000);
     eprintln!("100 000 pipelined requests in {secs:.1} s");
 
     let after = scrape(&agent);

@@ -589,6 +589,10 @@ async fn exchange(
         let mut sent = None;
         loop {
             tokio::select! {
+                // Body first: a response that is already complete when both are first polled
+                // must not be taken for one that came before the body was read (which closes
+                // the connection, losing pipelined requests).
+                biased;
                 r = &mut body, if sent.is_none() => match r {
                     Ok(n) => sent = Some(n),
                     Err(e) => {
