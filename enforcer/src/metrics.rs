@@ -116,17 +116,6 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 8] = [
-        AuthFailure::Missing,
-        AuthFailure::Invalid,
-        AuthFailure::Expired,
-        AuthFailure::NotYetValid,
-        AuthFailure::Scope,
-        AuthFailure::Claim,
-        AuthFailure::Binding,
-        AuthFailure::KeysUnavailable,
-    ];
-
     pub fn of(error: &CredentialError) -> Self {
         match error {
             CredentialError::Jwt(JwtError::Missing)
@@ -172,13 +161,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub const ALL: [UpstreamError; 4] = [
-        UpstreamError::Connect,
-        UpstreamError::Timeout,
-        UpstreamError::Reset,
-        UpstreamError::Protocol,
-    ];
-
     /// A failed connect.
     pub fn of_connect(e: &io::Error) -> Self {
         match e.kind() {

@@ -540,7 +540,9 @@ impl MetricsCost<'_> {
         let cost = 1.0 - on_rps / off_rps;
         let met = cost < METRICS_COST_LIMIT;
         let line = format!(
-            "metrics cost ({conns} conns, {rounds} interleaved rounds, {scrapes} scrapes at 1 s):              with metrics {on_rps:.0} vs off {off_rps:.0} req/s, ratio {:.3}, cost {:.1}%: goal              under {:.0}%: {}",
+            "metrics cost ({conns} conns, {rounds} interleaved rounds, {scrapes} scrapes at 1 s): \
+             with metrics {on_rps:.0} vs off {off_rps:.0} req/s, ratio {:.3}, cost {:.1}%: \
+             goal under {:.0}%: {}",
             on_rps / off_rps,
             cost * 100.0,
             METRICS_COST_LIMIT * 100.0,
