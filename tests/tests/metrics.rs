@@ -23,9 +23,9 @@ use serde_json::Value;
 const KEY: &str = "k-3d9f2a7c41b8e605";
 const OLD_KEY: &str = "k-old-77aa01";
 
-/// The probe may read invoices and keyed paths (with the API key); curl nothing. Service
-/// `dead` is a port nothing listens on.
-fn policy(upstream: SocketAddr, dead: SocketAddr) -> String {
+/// The probe may read invoices and keyed paths (with the API key) from `api`, and anything
+/// from `dead` (a port nothing listens on) and `broken` (an upstream that answers garbage).
+fn policy(upstream: SocketAddr, dead: SocketAddr, broken: SocketAddr) -> String {
     let probe = fs::canonicalize(probe_binary()).unwrap();
     let digest = |k: &str| {
         use sha2::{Digest, Sha256};
@@ -56,6 +56,8 @@ services:
     endpoints: ["{upstream}"]
   dead:
     endpoints: ["{dead}"]
+  broken:
+    endpoints: ["{broken}"]
 rules:
   - id: probe-reads
     from: [probe]
@@ -71,6 +73,11 @@ rules:
   - id: probe-dead
     from: [probe]
     to: dead
+    methods: [GET]
+    paths: ["/**"]
+  - id: probe-broken
+    from: [probe]
+    to: broken
     methods: [GET]
     paths: ["/**"]
 "#,
@@ -149,7 +156,10 @@ fn endpoint_answers_health_readiness_and_status() {
     }
     let upstream = HttpUpstream::start("127.0.0.1:0");
     let cgroup = Cgroup::new();
-    let mut agent = Agent::start(&cgroup, &policy(upstream.addr(), closed_port()));
+    let mut agent = Agent::start(
+        &cgroup,
+        &policy(upstream.addr(), closed_port(), closed_port()),
+    );
     let addr = agent
         .metrics
         .expect("the ready event names the metrics endpoint");
@@ -236,7 +246,7 @@ fn metrics_off_serves_nothing_and_still_enforces() {
     let cgroup = Cgroup::new();
     let mut agent = Agent::start_with(
         &cgroup,
-        &policy(upstream.addr(), closed_port()),
+        &policy(upstream.addr(), closed_port(), closed_port()),
         &["--metrics-addr", "off"],
     );
     assert_eq!(agent.metrics, None);
@@ -260,7 +270,16 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
     let upstream = HttpUpstream::start("127.0.0.1:0");
     let dead = closed_port();
     let cgroup = Cgroup::new();
-    let mut agent = Agent::start(&cgroup, &policy(upstream.addr(), dead));
+    // Answers one connection with something that is not HTTP.
+    let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broken = garbage.local_addr().unwrap();
+    let garbage = thread::spawn(move || {
+        let (mut s, _) = garbage.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 2xx whatever\r\n\r\n");
+    });
+    let mut agent = Agent::start(&cgroup, &policy(upstream.addr(), dead, broken));
     let u = upstream.addr();
 
     let mut requests = String::new();
@@ -280,6 +299,9 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
     );
     let report = send_raw(&cgroup, dead, get_request("/x", "").as_bytes());
     assert_eq!(statuses(report["response"].as_str().unwrap()), [502]);
+    let report = send_raw(&cgroup, broken, get_request("/x", "").as_bytes());
+    assert_eq!(statuses(report["response"].as_str().unwrap()), [502]);
+    garbage.join().unwrap();
     let report = send_raw(&cgroup, u, b"BREW /pot HTCPCP/1.0\r\n\r\n");
     assert_eq!(statuses(report["response"].as_str().unwrap()), [400]);
 
@@ -336,10 +358,14 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
             1.0,
         ),
         (
+            r#"enforcer_upstream_errors_total{kind="protocol",service="broken"}"#,
+            1.0,
+        ),
+        (
             r#"enforcer_added_latency_seconds_count{service="api"}"#,
             9.0,
         ),
-        ("enforcer_connections_total", 3.0),
+        ("enforcer_connections_total", 4.0),
         ("enforcer_connections_active", 0.0),
         (
             r#"enforcer_connections_rejected_total{reason="no_record"}"#,
@@ -347,7 +373,7 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         ),
         (
             r#"enforcer_kernel_connects_total{result="redirected"}"#,
-            3.0,
+            4.0,
         ),
         (r#"enforcer_kernel_connects_total{result="map_full"}"#, 0.0),
         (
@@ -507,7 +533,10 @@ fn prometheus_scrapes_the_agent_while_traffic_runs() {
     }
     let upstream = HttpUpstream::start("127.0.0.1:0");
     let cgroup = Cgroup::new();
-    let agent = Agent::start(&cgroup, &policy(upstream.addr(), closed_port()));
+    let agent = Agent::start(
+        &cgroup,
+        &policy(upstream.addr(), closed_port(), closed_port()),
+    );
     let metrics = agent.metrics.unwrap();
     let prometheus = Prometheus::start(&cgroup, metrics);
     wait_for("a first successful scrape", || {
@@ -577,7 +606,7 @@ fn cardinality_is_bounded_by_the_policy() {
     let upstream = HttpUpstream::start("127.0.0.1:0");
     let cgroup = Cgroup::new();
     let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
-    let text = policy(upstream.addr(), closed_port()).replace(
+    let text = policy(upstream.addr(), closed_port(), closed_port()).replace(
         "version: 1\n",
         &format!(
             "version: 1\nsettings:\n  audit: {{file: {}}}\n",
