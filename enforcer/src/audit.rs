@@ -22,7 +22,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{identity::Identity, policy::AuditSink};
+use crate::{
+    identity::Identity,
+    metrics::{AuthFailure, UpstreamError},
+    policy::AuditSink,
+};
 
 /// Records that may wait for the writer. At ~300 bytes each, about 2.5 MiB at most.
 const QUEUE: usize = 8192;
@@ -87,6 +91,12 @@ pub struct Record {
     /// The header the agent injected a credential into (never its value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injected: Option<Arc<str>>,
+    /// Why the caller's credential was refused, as a metrics label (`detail` has the facts).
+    #[serde(skip)]
+    pub auth_failure: Option<AuthFailure>,
+    /// How the upstream failed this request, as a metrics label (`detail` has the facts).
+    #[serde(skip)]
+    pub upstream_error: Option<UpstreamError>,
 }
 
 /// A credential as a record may name it: never the token or key, only its keyed fingerprint.
@@ -230,6 +240,8 @@ pub struct Stats {
     pub written: AtomicU64,
     /// Records lost: queue full, or the write failed.
     pub dropped: AtomicU64,
+    /// Records lost because the write failed (a subset of `dropped`).
+    pub write_failures: AtomicU64,
 }
 
 impl Audit {
@@ -270,7 +282,7 @@ impl Audit {
         }
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
@@ -347,6 +359,7 @@ fn write_record(sink: &mut dyn Sink, line: &mut Vec<u8>, record: &impl Serialize
         Ok(()) => stats.written.fetch_add(1, Relaxed),
         Err(e) => {
             tracing::warn!(error = %e, "audit record lost");
+            stats.write_failures.fetch_add(1, Relaxed);
             stats.dropped.fetch_add(1, Relaxed)
         }
     };

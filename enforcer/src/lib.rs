@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod http;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

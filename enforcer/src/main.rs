@@ -25,6 +25,7 @@ use enforcer::{
     credentials::Fingerprinter,
     identity::Resolver,
     limits::{self, Limiter},
+    metrics::{self, Metrics},
     policy::{self, Policy},
     proxy,
     proxy::{Relay, Stats},
@@ -66,6 +67,13 @@ enum Command {
         /// The agent's `--pin-path`.
         #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+    },
+    /// Print a running agent's state: programs, policy, services, traffic (from its
+    /// metrics endpoint's /status).
+    Status {
+        /// The agent's --metrics-addr.
+        #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+        metrics_addr: SocketAddr,
     },
 }
 
@@ -128,6 +136,12 @@ struct RunArgs {
     /// nothing is. Agents enforcing different cgroups need different pin paths.
     #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
     pin_path: PathBuf,
+
+    /// Where to serve /metrics (Prometheus), /healthz, /readyz and /status; `off` for no
+    /// endpoint and no metrics recording. Loopback by default: /status names the policy file
+    /// and services.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    metrics_addr: metrics::Endpoint,
 }
 
 fn main() {
@@ -138,6 +152,7 @@ fn main() {
         Command::Check { file } => check(&file),
         Command::Explain(args) => explain(args),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
+        Command::Status { metrics_addr } => status(metrics_addr),
     };
     if let Err(e) = result {
         eprintln!("enforcer: error: {e:#}");
@@ -208,6 +223,11 @@ fn uninstall(pin_path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn status(addr: SocketAddr) -> anyhow::Result<()> {
+    print!("{}", metrics::fetch_status(addr)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -224,6 +244,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let open_files = limits::raise_open_file_limit();
     let policy = Policy::load(&args.policy)?;
+    // The endpoint is up first, so /healthz answers and /readyz says "not yet" while the
+    // programs are attached.
+    let (metrics, metrics_addr) = match args.metrics_addr {
+        metrics::Endpoint::Off => (None, None),
+        metrics::Endpoint::At(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+            let bound = listener.local_addr()?;
+            let metrics = Arc::new(Metrics::new().context("BUG: metrics registration")?);
+            tokio::spawn(metrics::serve(listener, metrics.clone()));
+            (Some(metrics), Some(bound))
+        }
+    };
     let cgroup = match args.cgroup {
         Some(path) => path,
         None => redirect::cgroup2_root()?,
@@ -268,12 +302,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let fingerprints = Fingerprinter::load_or_create(&args.state_dir.join("fingerprint.key"))?;
     let bindings = Bindings::open(&args.state_dir.join("bindings.jsonl"), MAX_BINDINGS)?;
     let services = policy.services.len();
-    // The metrics module's registry replaces this one once it exists.
-    let registry = prometheus::Registry::new();
     let anomalies = Arc::new(Detectors::new(&policy.settings.anomalies));
-    anomalies
-        .register(&registry)
-        .context("cannot register the anomaly metrics")?;
+    if let Some(metrics) = &metrics {
+        anomalies
+            .register(metrics.registry())
+            .context("BUG: anomaly metrics registration")?;
+    }
     let store = Arc::new(PolicyStore::new(policy));
     let relay_store = store.clone();
     let stats = Arc::new(Stats::default());
@@ -287,7 +321,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stats: stats.clone(),
         limiter: Limiter::new(),
         connect_timeout,
+        metrics: metrics.clone(),
     });
+    if let Some(metrics) = &metrics {
+        metrics.attach(metrics::Agent {
+            redirect: Arc::downgrade(&redirect),
+            listeners,
+            store: store.clone(),
+            connections: stats.clone(),
+            audit: relay.audit.stats().clone(),
+        });
+    }
     // Every task serving connects, so shutdown can end them before the audit is flushed.
     let mut tasks = vec![
         tokio::spawn(anomaly::watch(
@@ -320,6 +364,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup = %redirect.cgroup().display(),
         listen = %listen4,
         listen6 = listen6.map(tracing::field::display),
+        metrics = metrics_addr.map(tracing::field::display),
         services,
         pin_path = %args.pin_path.display(),
         adopted = redirect.adopted(),
@@ -327,6 +372,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         open_files,
         "enforcer ready"
     );
+    if let Some(metrics) = &metrics {
+        metrics.set_ready(true);
+    }
 
     let mut heartbeat = heartbeat;
     let taken_over = tokio::select! {
@@ -349,6 +397,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 warn!(error = %e, "heartbeat not cleared: connects may meet a closed listener for 1 s");
             }
         }
+    }
+    if let Some(metrics) = &metrics {
+        metrics.set_ready(false);
     }
     for task in &tasks {
         task.abort();

@@ -58,7 +58,7 @@ use self::{
 };
 
 /// The only policy format version this agent reads.
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,6 +100,8 @@ pub struct Policy {
     credentials: Arc<Credentials>,
     /// Tells this policy's identity sets from another's (see [`Reason::StaleIdentities`]).
     generation: u64,
+    /// SHA-256 of the text it was parsed from (hex), to tell which file is in force.
+    sha256: String,
 }
 
 /// A protected API: connects to any of its endpoints go through the agent.
@@ -247,7 +249,11 @@ impl Policy {
     }
 
     fn parse_with(path: &Path, text: &str, resolve: Resolve) -> Result<Self, Error> {
-        check::compile(path, text, resolve).map_err(|diagnostics| Error::Invalid { diagnostics })
+        let mut policy = check::compile(path, text, resolve)
+            .map_err(|diagnostics| Error::Invalid { diagnostics })?;
+        policy.sha256 = crate::identity::sha256_hex(&mut text.as_bytes())
+            .expect("reading a byte slice cannot fail");
+        Ok(policy)
     }
 
     fn new(
@@ -269,6 +275,7 @@ impl Policy {
             rules,
             index,
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            sha256: String::new(),
         }
     }
 
@@ -327,6 +334,11 @@ impl Policy {
     /// The named identities, in file order.
     pub fn identity_names(&self) -> impl Iterator<Item = &str> {
         self.identities.iter().map(|i| &*i.name)
+    }
+
+    /// Lower-case hex SHA-256 of the policy text, as `sha256sum` prints it for the file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 }
 

@@ -35,6 +35,7 @@ use crate::{
     credentials::Fingerprinter,
     identity::{Identity, Resolver, Unresolved},
     limits::{ConnPermit, Limiter},
+    metrics::{Metrics, UpstreamError},
     policy::{Policy, Protocol},
     redirect::{self, Redirect},
     reload::PolicyStore,
@@ -71,6 +72,8 @@ pub struct Relay {
     pub limiter: Limiter,
     /// `--connect-timeout`: overrides the policy's `connectTimeout` (deprecated).
     pub connect_timeout: Option<Duration>,
+    /// `None` with `--metrics-addr off`: nothing is recorded.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Accept redirected connections on `listener` until the task is dropped.
@@ -108,7 +111,12 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             continue;
         };
         relay.stats.accepted.fetch_add(1, Relaxed);
-        tokio::spawn(relay.clone().handle(stream, peer, meta, permit));
+        let active = relay.metrics.as_ref().map(|m| m.connection_opened());
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            relay.handle(stream, peer, meta, permit).await;
+            drop(active);
+        });
     }
 }
 
@@ -116,6 +124,9 @@ impl Relay {
     /// Every request ends here with its record: the one place that reports a decision.
     fn finish(&self, record: crate::audit::Record) {
         self.anomalies.observe(&record);
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&record);
+        }
         self.audit.record(record);
     }
 
@@ -236,6 +247,10 @@ impl Relay {
                     _ => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
                 };
                 self.stats.upstream_failed.fetch_add(1, Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    let service = service.unwrap_or("unknown");
+                    metrics.upstream_error(service, UpstreamError::of_connect(&error));
+                }
                 log_connection(&identity, peer, dst, service, Some(&error));
                 reset(client);
                 return;
@@ -291,6 +306,8 @@ fn connection_refused(
         added_latency_us: 0,
         credential: None,
         injected: None,
+        auth_failure: None,
+        upstream_error: None,
     }
 }
 

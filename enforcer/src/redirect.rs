@@ -285,6 +285,11 @@ impl Redirect {
         self.adopted
     }
 
+    /// The names of the attached programs.
+    pub fn programs(&self) -> impl Iterator<Item = &'static str> {
+        std::iter::once(SOCK_OPS).chain(SOCK_ADDR_PROGRAMS)
+    }
+
     /// Take (look up and forget) the kernel's record for an accepted connection, found by the
     /// connection's peer address.
     pub fn take_record(&self, peer: SocketAddr) -> Option<ConnMeta> {

@@ -251,6 +251,8 @@ pub struct Agent {
     /// When the process was spawned, and the `ready` event.
     pub spawned: Instant,
     pub ready: Value,
+    /// The metrics endpoint (`None` with `--metrics-addr off`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -264,7 +266,9 @@ impl Agent {
         Self::spawn(&enforcer_binary(), cgroup, policy, extra_args)
     }
 
-    /// Start `binary` as the agent (see [`Agent::start`]).
+    /// Start `binary` as the agent (see [`Agent::start`]). Its metrics endpoint takes a free
+    /// port unless `extra_args` says `--metrics-addr`: agents of parallel tests must not
+    /// collide on the default.
     pub fn spawn(binary: &Path, cgroup: &Cgroup, policy: &str, extra_args: &[&str]) -> Self {
         let policy_file = cgroup_scoped_temp(cgroup, "policy.yaml");
         fs::write(&policy_file, policy).expect("write policy");
@@ -276,6 +280,11 @@ impl Agent {
             None => agent_pin_path(cgroup),
         };
         let spawned = Instant::now();
+        let metrics_args: &[&str] = if extra_args.contains(&"--metrics-addr") {
+            &[]
+        } else {
+            &["--metrics-addr", "127.0.0.1:0"]
+        };
         let mut child = cgroup
             .command(binary)
             .args(["--log-format", "json", "run", "--policy"])
@@ -287,6 +296,7 @@ impl Agent {
             .arg(&state_dir)
             .args(pin_arg.is_none().then_some("--pin-path"))
             .args(pin_arg.is_none().then_some(&pin_path))
+            .args(metrics_args)
             .args(extra_args)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -316,10 +326,12 @@ impl Agent {
             listen6: None,
             spawned,
             ready: Value::Null,
+            metrics: None,
         };
         let ready = agent.wait_event("agent ready", |e| e["event"] == "ready");
         agent.listen = ready["listen"].as_str().unwrap().parse().unwrap();
         agent.listen6 = ready["listen6"].as_str().map(|s| s.parse().unwrap());
+        agent.metrics = ready["metrics"].as_str().map(|s| s.parse().unwrap());
         agent.ready = ready;
         agent
     }
@@ -814,6 +826,9 @@ fn serve_http(
     raw: &Mutex<Vec<Vec<u8>>>,
     slot: usize,
 ) -> io::Result<()> {
+    // Responses go out in several writes: without this, each waits for the agent's delayed
+    // ACK (40 ms), and pipelined runs crawl.
+    stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
     let mut conn = Logged {
         stream,

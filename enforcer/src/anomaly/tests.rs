@@ -44,6 +44,8 @@ fn record(identities: &[&str], decision: Verdict, reason: &'static str) -> Recor
         added_latency_us: 1,
         credential: None,
         injected: None,
+        auth_failure: None,
+        upstream_error: None,
     }
 }
 

@@ -37,6 +37,8 @@ fn record(n: u64) -> Record {
         added_latency_us: 12,
         credential: None,
         injected: None,
+        auth_failure: None,
+        upstream_error: None,
     }
 }
 

@@ -37,6 +37,7 @@ use crate::{
     },
     identity::Identity,
     limits::{self, IdentityLimits},
+    metrics::{AuthFailure, UpstreamError},
     policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
 };
 
@@ -147,6 +148,8 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             added_latency_us: 0,
             credential: None,
             injected: None,
+            auth_failure: None,
+            upstream_error: None,
         };
         let mut req = match head {
             Ok(Some(req)) => req,
@@ -246,6 +249,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 };
                 if let Some((status, detail)) = refused {
                     record.decision = audit::Verdict::Deny;
+                    if outcome == binding::Outcome::Other {
+                        record.auth_failure = Some(AuthFailure::Binding);
+                    }
                     record.reason = if status == 403 {
                         "credential not bound to caller"
                     } else {
@@ -262,6 +268,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     // The failure's text names the credential and what was wrong, never the
                     // token or key.
                     record.detail = Some(failure.error.to_string());
+                    record.auth_failure = Some(AuthFailure::of(&failure.error));
                     (failure.status(), failure.www_authenticate())
                 }
                 _ => (403, None),
@@ -367,6 +374,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             None => match connect(relay.connect_timeout(&policy), conn.dst).await {
                 Ok(up) => upstream.insert(up),
                 Err(e) => {
+                    record.upstream_error = Some(UpstreamError::of_connect(&e));
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
                     let (status, error) = if e.kind() == std::io::ErrorKind::TimedOut {
                         record.reason = "upstream connect timeout";
@@ -397,6 +405,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
         record.request_bytes = outcome.request_bytes;
         record.response_bytes = outcome.response_bytes;
         record.added_latency_us = outcome.added_latency_us;
+        record.upstream_error = outcome.upstream_error;
         if let Some(why) = outcome.failure {
             record.detail = Some(why);
         }
@@ -681,6 +690,8 @@ struct Outcome {
     response_bytes: u64,
     added_latency_us: u64,
     failure: Option<String>,
+    /// How the upstream failed, if it did (not the client).
+    upstream_error: Option<UpstreamError>,
     next: Next,
 }
 
@@ -706,12 +717,14 @@ async fn exchange(
         response_bytes: 0,
         added_latency_us: 0,
         failure: None,
+        upstream_error: None,
         next: Next::Close,
     };
     head.clear();
     http::write_request_head(req, head);
     if let Err(e) = up.stream.write_all(head).await {
         outcome.failure = Some(format!("upstream write: {e}"));
+        outcome.upstream_error = Some(UpstreamError::Reset);
         let _ = write_bad_gateway(client).await;
         outcome.status = Some(502);
         return outcome;
@@ -751,6 +764,10 @@ async fn exchange(
         let mut sent = None;
         loop {
             tokio::select! {
+                // Body first: a response that is already complete when both are first polled
+                // must not be taken for one that came before the body was read (which closes
+                // the connection, losing pipelined requests).
+                biased;
                 r = &mut body, if sent.is_none() => match r {
                     Ok(n) => {
                         sent = Some(n);
@@ -809,6 +826,7 @@ async fn exchange(
                 outcome.status = Some(502);
             }
             outcome.failure = Some(format!("response: {}", e.reason));
+            outcome.upstream_error = e.upstream;
         }
     }
     outcome
@@ -824,30 +842,68 @@ async fn write_bad_gateway(client: &mut TcpStream) -> std::io::Result<()> {
     client.write_all(BAD_GATEWAY).await
 }
 
+/// Where relaying a message from one side to the other failed.
+#[derive(Debug)]
+enum Broken {
+    /// The sending side closed mid-message.
+    Closed,
+    /// Reading from the sending side failed.
+    Read(std::io::Error),
+    /// The sending side went quiet for the idle timeout.
+    Idle,
+    /// Writing to the receiving side failed.
+    Write(std::io::Error),
+    /// The message broke its framing (chunked encoding).
+    Framing(String),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Closed => f.write_str("connection closed mid-message"),
+            Broken::Read(e) | Broken::Write(e) => e.fmt(f),
+            Broken::Idle => f.write_str("idle timeout"),
+            Broken::Framing(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Broken {
+    /// The upstream's failure, when it was the sending side of a response.
+    fn of_upstream(&self) -> Option<UpstreamError> {
+        match self {
+            Broken::Closed | Broken::Read(_) => Some(UpstreamError::Reset),
+            Broken::Idle => Some(UpstreamError::Timeout),
+            Broken::Framing(_) => Some(UpstreamError::Protocol),
+            Broken::Write(_) => None,
+        }
+    }
+}
+
 /// Read into `buf`, bounded by `idle`; error at EOF.
 async fn fill<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     idle: Duration,
-) -> Result<(), String> {
+) -> Result<(), Broken> {
     match timeout(idle, r.read_buf(buf)).await {
-        Ok(Ok(0)) => Err("connection closed mid-message".into()),
+        Ok(Ok(0)) => Err(Broken::Closed),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("idle timeout".into()),
+        Ok(Err(e)) => Err(Broken::Read(e)),
+        Err(_) => Err(Broken::Idle),
     }
 }
 
 /// Why a request body was not forwarded in full.
 enum BodyError {
     /// Broken framing, or either connection failed.
-    Broken(String),
+    Broken(Broken),
     /// A chunked body grew past `max` bytes (a body with a length was checked before).
     TooLarge { max: u64 },
 }
 
-impl From<String> for BodyError {
-    fn from(e: String) -> Self {
+impl From<Broken> for BodyError {
+    fn from(e: Broken) -> Self {
         Self::Broken(e)
     }
 }
@@ -881,7 +937,10 @@ where
                 if buf.is_empty() {
                     fill(client, buf, idle).await?;
                 }
-                match decoder.decode(buf).map_err(|e| e.to_string())? {
+                match decoder
+                    .decode(buf)
+                    .map_err(|e| Broken::Framing(e.to_string()))?
+                {
                     Decoded::Data(range) => {
                         total += range.len() as u64;
                         if let Some(max) = max
@@ -896,12 +955,12 @@ where
                     Decoded::End { consumed } => {
                         buf.advance(consumed);
                         http::write_last_chunk(&mut out);
-                        upstream.write_all(&out).await.map_err(|e| e.to_string())?;
+                        upstream.write_all(&out).await.map_err(Broken::Write)?;
                         return Ok(total);
                     }
                 }
                 if out.len() >= BUFFER {
-                    upstream.write_all(&out).await.map_err(|e| e.to_string())?;
+                    upstream.write_all(&out).await.map_err(Broken::Write)?;
                     out.clear();
                 }
             }
@@ -916,7 +975,7 @@ async fn copy_exact<R, W>(
     to: &mut W,
     mut len: u64,
     idle: Duration,
-) -> Result<(), String>
+) -> Result<(), Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -926,7 +985,7 @@ where
             fill(from, buf, idle).await?;
         }
         let n = buf.len().min(len as usize);
-        to.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        to.write_all(&buf[..n]).await.map_err(Broken::Write)?;
         buf.advance(n);
         len -= n as u64;
     }
@@ -947,6 +1006,8 @@ struct RelayError {
     reason: String,
     /// Whether the client already got (part of) a response head.
     head_relayed: bool,
+    /// `None` when the client failed.
+    upstream: Option<UpstreamError>,
 }
 
 /// Relay interim responses and the final one (head as received, body per its framing).
@@ -966,9 +1027,10 @@ where
 {
     let mut bytes = 0u64;
     let mut relayed_any = false;
-    let err = |reason: String, head_relayed: bool| RelayError {
-        reason,
+    let broken = |e: Broken, head_relayed: bool| RelayError {
+        reason: e.to_string(),
         head_relayed,
+        upstream: e.of_upstream(),
     };
     loop {
         let (resp, len) = loop {
@@ -976,8 +1038,8 @@ where
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => fill(upstream, buf, idle)
                     .await
-                    .map_err(|e| err(e, relayed_any))?,
-                Err(e) => return Err(err(e.to_string(), relayed_any)),
+                    .map_err(|e| broken(e, relayed_any))?,
+                Err(e) => return Err(broken(Broken::Framing(e.to_string()), relayed_any)),
             }
         };
         // A head half-written cannot be followed by the agent's own 504.
@@ -985,7 +1047,7 @@ where
         client
             .write_all(&buf[..len])
             .await
-            .map_err(|e| err(e.to_string(), true))?;
+            .map_err(|e| broken(Broken::Write(e), true))?;
         buf.advance(len);
         bytes += len as u64;
         relayed_any = true;
@@ -1012,7 +1074,7 @@ where
             ResponseBody::Chunked => relay_chunked(upstream, buf, client, limits, idle).await,
             ResponseBody::UntilClose => relay_until_close(upstream, buf, client).await,
         };
-        let body = body.map_err(|e| err(e, true))?;
+        let body = body.map_err(|e| broken(e, true))?;
         let until_close = framing == ResponseBody::UntilClose;
         return Ok(Relayed {
             status: resp.status(),
@@ -1031,7 +1093,7 @@ async fn relay_chunked<R, W>(
     client: &mut W,
     limits: &http::Limits,
     idle: Duration,
-) -> Result<u64, String>
+) -> Result<u64, Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -1042,14 +1104,17 @@ where
         if buf.is_empty() {
             fill(upstream, buf, idle).await?;
         }
-        let consumed = match decoder.decode(buf).map_err(|e| e.to_string())? {
+        let consumed = match decoder
+            .decode(buf)
+            .map_err(|e| Broken::Framing(e.to_string()))?
+        {
             Decoded::Data(range) => range.end,
             Decoded::NeedMore => buf.len(),
             Decoded::End { consumed } => {
                 client
                     .write_all(&buf[..consumed])
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Broken::Write)?;
                 buf.advance(consumed);
                 return Ok(total + consumed as u64);
             }
@@ -1057,7 +1122,7 @@ where
         client
             .write_all(&buf[..consumed])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Broken::Write)?;
         buf.advance(consumed);
         total += consumed as u64;
     }
@@ -1067,20 +1132,20 @@ async fn relay_until_close<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
     client: &mut W,
-) -> Result<u64, String>
+) -> Result<u64, Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut total = buf.len() as u64;
-    client.write_all(buf).await.map_err(|e| e.to_string())?;
+    client.write_all(buf).await.map_err(Broken::Write)?;
     buf.clear();
     loop {
-        let n = upstream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        let n = upstream.read_buf(buf).await.map_err(Broken::Read)?;
         if n == 0 {
             return Ok(total);
         }
-        client.write_all(buf).await.map_err(|e| e.to_string())?;
+        client.write_all(buf).await.map_err(Broken::Write)?;
         total += n as u64;
         buf.clear();
     }

@@ -11,6 +11,10 @@
 //! - `probe send ADDR [--hold]`: send the bytes on stdin, half-close (unless `--hold`), read
 //!   until the peer closes (or 10 s pass); reports what came back (lossy UTF-8) and how the
 //!   connection ended.
+//! - `probe pipeline ADDR`: send the bytes on stdin (pipelined requests) while reading the
+//!   responses, until the peer closes (or 30 s pass); reports the count of each response
+//!   status and how the connection ended. For many requests, whose responses would not fit a
+//!   report or the socket buffers of a client that writes everything first.
 //! - `probe get-loop ADDR PATH SECONDS`: sequential `GET PATH` requests on one keep-alive
 //!   connection (reconnecting if the server closes) for SECONDS; reports the count of each
 //!   status and of failed exchanges.
@@ -52,6 +56,7 @@ fn main() {
         "paced" => paced(addr, arg(2), num(3), num(4)),
         "flood" => flood(addr, arg(2), num(3), num(4), num(5) as usize),
         "syn-burst" => syn_burst(addr, num(2), num(3)),
+        "pipeline" => pipeline(addr),
         _ => usage(),
     };
     println!("{out}");
@@ -59,7 +64,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood|syn-burst ADDR ARGS..."
+        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood|syn-burst|pipeline ADDR ARGS..."
     );
     std::process::exit(2)
 }
@@ -233,6 +238,66 @@ fn send(addr: SocketAddr, hold: bool) -> serde_json::Value {
         Err(e) => report["error"] = json!(format!("{:?}", e.kind())),
     }
     report
+}
+
+fn pipeline(addr: SocketAddr) -> serde_json::Value {
+    let mut request = Vec::new();
+    io::stdin().read_to_end(&mut request).expect("stdin");
+    let mut report = json!({ "pid": std::process::id() });
+    let result = (|| -> io::Result<std::collections::BTreeMap<String, u64>> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut writer = s.try_clone()?;
+        let sender = thread::spawn(move || writer.write_all(&request));
+        let mut statuses = std::collections::BTreeMap::new();
+        // Status lines are found across reads: the tail of each read is kept.
+        let mut window = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) => break "closed",
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break "timeout";
+                }
+                Err(e) => return Err(e),
+            };
+            window.extend_from_slice(&buf[..n]);
+            let mut i = 0;
+            while let Some(at) = find(&window[i..], b"HTTP/1.1 ") {
+                let start = i + at + 9;
+                if window.len() < start + 3 {
+                    break;
+                }
+                let code = String::from_utf8_lossy(&window[start..start + 3]).into_owned();
+                *statuses.entry(code).or_insert(0) += 1;
+                i = start + 3;
+            }
+            // Keep what may hold the start of a status line cut by this read.
+            let keep = window.len().saturating_sub(11).max(i).min(window.len());
+            window.drain(..keep);
+        };
+        report["end"] = json!(end);
+        if let Ok(Err(e)) = sender.join() {
+            report["write_error"] = json!(format!("{:?}", e.kind()));
+        }
+        Ok(statuses)
+    })();
+    match result {
+        Ok(statuses) => report["statuses"] = json!(statuses),
+        Err(e) => report["error"] = json!(format!("{:?}", e.kind())),
+    }
+    report
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn get_loop(addr: SocketAddr, path: &str, seconds: u64) -> serde_json::Value {

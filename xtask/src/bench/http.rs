@@ -340,6 +340,15 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
              {counters}"
         ));
     }
+    let metrics_cost = MetricsCost {
+        bench: &bench,
+        enforcer: &enforcer,
+        dir: &dir.path,
+        rules: &rules,
+        server_cpu,
+        client_cpu,
+    }
+    .measure(args.http_rounds, conns, args.http_secs)?;
     drop(haproxy);
     drop(nginx);
     let haproxy_logged = access_log.as_deref().map(|p| count_lines(p).unwrap_or(0));
@@ -394,6 +403,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
         println!("    {}", goal.line);
     }
     println!("    {}", audited.line());
+    println!("    {}", metrics_cost.line);
     if let Some(n) = haproxy_logged {
         println!("    HAProxy access log: {n} lines");
     }
@@ -441,6 +451,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
         "goals": goals.iter().map(|g| g.json.clone()).collect::<Vec<_>>(),
         "runs": runs,
         "audit": audited.to_json(),
+        "metrics_cost": metrics_cost.json,
         "haproxy_access_log_lines": haproxy_logged,
         "agent_counters": counters,
         "other_work_share_per_round": other,
@@ -451,6 +462,110 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
         "policy": policy,
         "haproxy_config": haproxy_config,
     }))
+}
+
+// === what metrics cost ===
+
+/// `enforcer run` arguments that turn metrics off (no endpoint, no recording).
+const METRICS_OFF: &[&str] = &["--metrics-addr", "off"];
+/// The issue's bound on what metrics may cost in throughput.
+const METRICS_COST_LIMIT: f64 = 0.05;
+
+/// The agent with metrics (endpoint, recording, and a scrape every second, more often than
+/// Prometheus is usually set to) against one with metrics off: two agents on the server CPU,
+/// each on its own cgroup, loaded in turn with the same wrk run.
+struct MetricsCost<'a> {
+    bench: &'a Bench<'a>,
+    enforcer: &'a Path,
+    dir: &'a Path,
+    rules: &'a [Rule],
+    server_cpu: usize,
+    client_cpu: usize,
+}
+
+struct MetricsCostResult {
+    line: String,
+    json: Value,
+}
+
+impl MetricsCost<'_> {
+    fn measure(&self, rounds: u32, conns: u32, secs: u64) -> anyhow::Result<MetricsCostResult> {
+        let start = |name: &str, extra: &[&str]| -> anyhow::Result<(Cgroup, Agent)> {
+            let cgroup = Cgroup::new();
+            let audit = self.dir.join(format!("audit-{name}.jsonl"));
+            let policy = policy_yaml(self.bench.wrk, self.bench.nginx, self.rules, &audit);
+            pin(0, self.server_cpu).context("pin to --http-server-cpu")?;
+            let agent = Agent::spawn(self.enforcer, &cgroup, &policy, extra);
+            pin_process(agent.pid(), self.server_cpu).context("pin the agent")?;
+            pin(0, self.client_cpu).context("pin to --http-client-cpu")?;
+            Ok((cgroup, agent))
+        };
+        let (on_cgroup, on) = start("metrics-on", &[])?;
+        let (off_cgroup, _off) = start("metrics-off", METRICS_OFF)?;
+        let endpoint = on
+            .metrics
+            .context("the agent with metrics has no endpoint")?;
+        let run = |cgroup: &Cgroup, secs: u64| {
+            Bench {
+                cgroup,
+                ..*self.bench
+            }
+            .wrk(Target::Enforcer, conns, secs, self.client_cpu)
+        };
+        run(&on_cgroup, WARMUP_SECS)?;
+        run(&off_cgroup, WARMUP_SECS)?;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let mut scrapes = 0u64;
+        for round in 0..rounds {
+            // Alternate which goes first, so drift over time does not favour one.
+            for metrics_on in [round % 2 == 0, round % 2 == 1] {
+                if metrics_on {
+                    let done = std::sync::atomic::AtomicBool::new(false);
+                    let (result, n) = thread::scope(|scope| {
+                        let scraper = scope.spawn(|| {
+                            let mut n = 0u64;
+                            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                                if http_get(endpoint, "/metrics").is_ok_and(|s| s == 200) {
+                                    n += 1;
+                                }
+                                thread::sleep(Duration::from_secs(1));
+                            }
+                            n
+                        });
+                        let result = run(&on_cgroup, secs);
+                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        (result, scraper.join().unwrap_or(0))
+                    });
+                    scrapes += n;
+                    with.push(result?.rps);
+                } else {
+                    without.push(run(&off_cgroup, secs)?.rps);
+                }
+            }
+        }
+        let (on_rps, off_rps) = (median(&with), median(&without));
+        let cost = 1.0 - on_rps / off_rps;
+        let met = cost < METRICS_COST_LIMIT;
+        let line = format!(
+            "metrics cost ({conns} conns, {rounds} interleaved rounds, {scrapes} scrapes at 1 s): \
+             with metrics {on_rps:.0} vs off {off_rps:.0} req/s, ratio {:.3}, cost {:.1}%: \
+             goal under {:.0}%: {}",
+            on_rps / off_rps,
+            cost * 100.0,
+            METRICS_COST_LIMIT * 100.0,
+            if met { "met" } else { "NOT met" }
+        );
+        eprintln!("{line}");
+        Ok(MetricsCostResult {
+            line,
+            json: json!({
+                "with_metrics_rps": with, "metrics_off_rps": without,
+                "median": { "with_metrics": on_rps, "metrics_off": off_rps },
+                "ratio": on_rps / off_rps, "cost": cost, "scrapes": scrapes,
+                "limit": METRICS_COST_LIMIT, "met": met,
+            }),
+        })
+    }
 }
 
 // === the rule set, for the agent and for HAProxy ===
