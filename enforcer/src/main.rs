@@ -25,13 +25,18 @@ use enforcer::{
     identity::Resolver,
     policy::{self, Policy},
     proxy,
-    proxy::{Relay, Stats},
+    proxy::{Drain, Relay, Stats},
     redirect::{self, Listeners, Redirect},
     reload::{self, PolicyStore},
 };
 
 #[derive(Parser)]
-#[command(version, about = "eBPF-based host-level API traffic enforcer")]
+// A later flag overrides an earlier one: a wrapper can append its own `--listen`.
+#[command(
+    version,
+    about = "eBPF-based host-level API traffic enforcer",
+    args_override_self = true
+)]
 struct Cli {
     /// Log format of the agent's own logs (stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -107,6 +112,11 @@ struct RunArgs {
     /// Seconds to wait for an original destination to accept before resetting the client.
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
+    /// Seconds SIGTERM waits for requests in flight before exiting. Listeners close at once;
+    /// idle connections close at once; a request in flight finishes (its response says
+    /// `connection: close`). A second SIGTERM or SIGINT ends the wait.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
     /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
     /// tokens in records (so a token's fingerprint is stable across restarts), and the
     /// bind-on-first-use bindings.
@@ -184,6 +194,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !(args.connect_timeout > 0.0 && args.connect_timeout.is_finite()) {
         bail!("--connect-timeout must be a positive number of seconds");
     }
+    if !(args.drain_timeout >= 0.0 && args.drain_timeout.is_finite()) {
+        bail!("--drain-timeout must be a number of seconds, 0 or more");
+    }
+    let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     let policy = Policy::load(&args.policy)?;
     let cgroup = match args.cgroup {
         Some(path) => path,
@@ -215,7 +229,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
 
-    let audit = Audit::start(&policy.settings.audit)?;
+    let audit = Audit::start(&policy.settings.audit, policy.settings.audit_format)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -235,6 +249,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
         stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        drain: Drain::default(),
     });
     // Every task holding the redirect, so shutdown can end them all before detaching.
     let mut tasks = vec![tokio::spawn(reload::watch(
@@ -270,11 +285,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
+    // Closing the listeners stops accepting: until the programs detach, new connects are
+    // refused, not let through.
     for task in &tasks {
         task.abort();
     }
     for task in tasks {
         let _ = task.await;
+    }
+    info!(
+        event = "draining",
+        connections = relay.drain.connections(),
+        timeout_s = drain_timeout.as_secs_f64(),
+        "draining connections"
+    );
+    let drained = tokio::select! {
+        r = tokio::time::timeout(drain_timeout, relay.drain.run()) => r.is_ok(),
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+    };
+    if drained {
+        info!(event = "drained", "every connection closed");
+    } else {
+        warn!(
+            event = "drain_cut",
+            connections = relay.drain.connections(),
+            "drain ended with connections open: they are cut"
+        );
     }
     // The writer thread dies with the process: write out what is queued first.
     if !relay.audit.flush(Duration::from_secs(5)) {

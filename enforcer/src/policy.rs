@@ -127,6 +127,7 @@ pub struct Settings {
     pub mode: Mode,
     pub limits: Limits,
     pub audit: AuditSink,
+    pub audit_format: AuditFormat,
 }
 
 /// Enforce decisions, or only record them.
@@ -168,6 +169,17 @@ pub enum AuditSink {
         max_bytes: u64,
         keep: u32,
     },
+}
+
+/// `settings.audit.format`: how each record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    /// The agent's own record, one JSON object per line (see `docs/policy.md`).
+    #[default]
+    Json,
+    /// OCSF API Activity (class 6003) events, one per line, for SIEM ingestion.
+    Ocsf,
 }
 
 /// Numbers a policy is identified by; see [`Policy::generation`].

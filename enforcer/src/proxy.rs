@@ -5,6 +5,13 @@
 //! ([`http`]); one to a `tcp` service is relayed to its original destination as a byte
 //! stream, both directions, with half-close carried across. Reports: one log event per
 //! redirected connection with the caller's identity, and counters in [`Stats`].
+//!
+//! Shutdown drains ([`Drain`]): once the listeners are closed, an HTTP connection finishes its
+//! request in flight, answers any request already arriving with `connection: close`, and an
+//! idle one is closed at once with a FIN — never mid-request and never with an RST — so a
+//! client retrying an idempotent request on a fresh connection (RFC 9112 §9.3.1) loses
+//! nothing. Byte-stream relays and tunnels have no request boundary: they run on until the
+//! drain's time bound.
 
 mod http;
 
@@ -22,6 +29,7 @@ use enforcer_common::ConnMeta;
 use tokio::{
     io::copy_bidirectional_with_sizes,
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
 use tracing::{debug, info, warn};
 
@@ -61,6 +69,40 @@ pub struct Relay {
     pub resolver: Arc<Resolver>,
     pub stats: Arc<Stats>,
     pub connect_timeout: Duration,
+    pub drain: Drain,
+}
+
+/// The shutdown signal of connections. Every connection holds a subscription for its life, so
+/// the drain is over when none is left.
+pub struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            tx: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Drain {
+    /// Subscribe a connection: `true` is sent when it should finish and close.
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Connections still open.
+    pub fn connections(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Tell every connection to finish, and wait until all have closed. Call after the
+    /// listeners are closed, so no connection subscribes afterwards.
+    pub async fn run(&self) {
+        self.tx.send_replace(true);
+        self.tx.closed().await;
+    }
 }
 
 /// Accept redirected connections on `listener` until the task is dropped.
@@ -82,7 +124,9 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             continue;
         };
         relay.stats.accepted.fetch_add(1, Relaxed);
-        tokio::spawn(relay.clone().handle(stream, peer, meta));
+        // Subscribed here, not in the task: a drain starting before the task runs counts it.
+        let drain = relay.drain.subscribe();
+        tokio::spawn(relay.clone().handle(stream, peer, meta, drain));
     }
 }
 
@@ -92,7 +136,13 @@ impl Relay {
         self.audit.record(record);
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        meta: ConnMeta,
+        drain: watch::Receiver<bool>,
+    ) {
         let dst = redirect::original_destination(&meta);
         let policy = self.store.current();
         let service = policy.service_for(dst.ip(), dst.port());
@@ -110,10 +160,18 @@ impl Relay {
                     Err(e) => return bug_reset(client, peer, &e),
                 };
                 log_connection(&identity, peer, dst, service, None);
-                let conn = http::Conn { dst, identity };
-                http::serve(&self, conn, client).await;
+                let conn = http::Conn {
+                    peer,
+                    dst,
+                    identity,
+                };
+                http::serve(&self, conn, client, drain).await;
             }
-            Protocol::Tcp => self.relay_tcp(client, peer, dst, service, identity).await,
+            Protocol::Tcp => {
+                self.relay_tcp(client, peer, dst, service, identity).await;
+                // Held to here: the drain waits for the stream (up to its bound).
+                drop(drain);
+            }
         }
     }
 

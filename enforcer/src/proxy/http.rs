@@ -5,6 +5,10 @@
 //! policy matched is the path the upstream receives. A denied request gets 403 and never
 //! reaches the upstream; a malformed one gets 400 and the connection is closed, since where
 //! the next request starts can no longer be trusted. Reports: one audit record per request.
+//!
+//! While the agent drains (see [`super::Drain`]), a request in flight or already arriving is
+//! answered with `connection: close` and the connection then closed; an idle one is closed at
+//! once, with a FIN.
 
 use std::{
     net::SocketAddr,
@@ -20,6 +24,7 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    sync::watch,
     time::timeout,
 };
 use tracing::debug;
@@ -41,8 +46,13 @@ use super::Relay;
 /// Initial size of each read buffer; grows only for larger heads.
 const BUFFER: usize = 16 * 1024;
 
+/// How long a connection closed by the drain waits for the client to close its side, so a
+/// request it sent meanwhile is not answered with an RST.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// One redirected connection's fixed facts.
 pub(super) struct Conn {
+    pub peer: SocketAddr,
     pub dst: SocketAddr,
     pub identity: Arc<Identity>,
 }
@@ -63,8 +73,13 @@ impl Headers for [http::Header] {
     }
 }
 
-/// Serve HTTP/1.1 requests on `client` until it closes, errs or is refused.
-pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
+/// Serve HTTP/1.1 requests on `client` until it closes, errs, is refused or `drain` says so.
+pub(super) async fn serve(
+    relay: &Relay,
+    conn: Conn,
+    mut client: TcpStream,
+    mut drain: watch::Receiver<bool>,
+) {
     let caller = Arc::new(Caller::from(&*conn.identity));
     let owner: Arc<str> = binding::owner_of(&conn.identity).into();
     let mut cbuf = BytesMut::with_capacity(BUFFER);
@@ -72,6 +87,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
     // Which policy identities the caller matches, per policy: classified once per policy.
     let mut classified: Option<Classified> = None;
     let dst: Arc<str> = conn.dst.to_string().into();
+    let peer: Arc<str> = conn.peer.to_string().into();
     // Reused for every request head sent upstream.
     let mut out_head = BytesMut::with_capacity(1024);
     loop {
@@ -88,6 +104,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &http_limits,
             limits.idle_timeout,
             limits.head_timeout,
+            &mut drain,
         )
         .await;
         let started = Instant::now();
@@ -123,6 +140,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             caller: caller.clone(),
             identities: names.clone(),
             service: service.clone(),
+            client: peer.clone(),
             destination: dst.clone(),
             method: None,
             path: None,
@@ -137,6 +155,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(HeadFailure::Io) => return,
+            Err(HeadFailure::Drained) => return close_gracefully(client).await,
             Err(HeadFailure::Timeout) => {
                 record.reason = "request head timeout";
                 refuse(
@@ -146,6 +165,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     None,
                     &mut record,
                     started,
+                    true,
                 )
                 .await;
                 return relay.finish(record);
@@ -158,7 +178,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.added_latency_us = micros(started);
                 } else {
                     record.reason = "malformed request";
-                    refuse(&mut client, 400, "bad request", None, &mut record, started).await;
+                    refuse(&mut client, 400, "bad request", None, &mut record, started, true).await;
                 }
                 return relay.finish(record);
             }
@@ -254,6 +274,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 503 => "unavailable",
                 _ => "forbidden",
             };
+            let draining = *drain.borrow();
             refuse(
                 &mut client,
                 status,
@@ -261,6 +282,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 challenge.as_deref(),
                 &mut record,
                 started,
+                draining,
             )
             .await;
             relay.finish(record);
@@ -268,6 +290,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             // without one leaves the connection usable.
             if req.body() != Body::None || !req.keep_alive() {
                 return;
+            }
+            if draining {
+                return close_gracefully(client).await;
             }
             continue;
         }
@@ -285,7 +310,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.reason = "upstream unreachable";
                     record.detail = Some(e.to_string());
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
-                    refuse(&mut client, 502, "bad gateway", None, &mut record, started).await;
+                    refuse(&mut client, 502, "bad gateway", None, &mut record, started, true).await;
                     return relay.finish(record);
                 }
             },
@@ -299,6 +324,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &http_limits,
             &limits,
             started,
+            &drain,
         )
         .await;
         record.status = outcome.status;
@@ -314,11 +340,14 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             }
             record.decision = audit::Verdict::Reject;
             record.reason = "malformed request body";
-            refuse(&mut client, 400, "bad request", None, &mut record, started).await;
+            refuse(&mut client, 400, "bad request", None, &mut record, started, true).await;
             return relay.finish(record);
         }
         relay.finish(record);
         match outcome.next {
+            Next::Continue | Next::ReconnectUpstream if *drain.borrow() => {
+                return close_gracefully(client).await;
+            }
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
             Next::Close | Next::BadRequestBody => return,
@@ -370,19 +399,22 @@ fn micros(since: Instant) -> u64 {
 enum HeadFailure {
     /// The connection failed or closed mid-head.
     Io,
+    /// The agent drains and no request has started on this connection.
+    Drained,
     Timeout,
     Invalid(RequestError),
 }
 
 /// Read the next request head. `Ok(None)`: the client closed cleanly between requests.
-/// Waiting for its first byte is bounded by `idle`; once it has started, the whole head must
-/// arrive within `head` (slowloris).
+/// Waiting for its first byte is bounded by `idle`, and ends when `drain` is set; once it has
+/// started, the whole head must arrive within `head` (slowloris).
 async fn read_head(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     limits: &http::Limits,
     idle: Duration,
     head: Duration,
+    drain: &mut watch::Receiver<bool>,
 ) -> Result<Option<Request>, HeadFailure> {
     let mut deadline = None::<tokio::time::Instant>;
     loop {
@@ -402,7 +434,19 @@ async fn read_head(
             (true, Some(d)) => d,
             (true, None) => *deadline.insert(tokio::time::Instant::now() + head),
         };
-        match tokio::time::timeout_at(limit, client.read_buf(buf)).await {
+        let read = tokio::time::timeout_at(limit, client.read_buf(buf));
+        let read = if started {
+            read.await
+        } else {
+            // Bytes already waiting are a request that arrived before the drain: read first.
+            // (`read_buf` is cancel-safe: dropped unfinished, it has read nothing.)
+            tokio::select! {
+                biased;
+                r = read => r,
+                _ = drain.wait_for(|draining| *draining) => return Err(HeadFailure::Drained),
+            }
+        };
+        match read {
             Ok(Ok(0)) if !started => return Ok(None),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadFailure::Io),
             Ok(Ok(_)) => {}
@@ -425,7 +469,11 @@ struct ErrorBody<'a> {
 }
 
 /// Answer the client ourselves with a small JSON body: 401, 403 and 503 leave the connection
-/// usable; 400, 408 and 502 end it, and say so.
+/// usable unless `closing`; 400, 408 and 502 end it. Either way, the head says so.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the record is filled in here; the rest is what the answer says"
+)]
 async fn refuse(
     client: &mut TcpStream,
     status: u16,
@@ -433,6 +481,7 @@ async fn refuse(
     challenge: Option<&str>,
     record: &mut Record,
     started: Instant,
+    closing: bool,
 ) {
     let body = serde_json::to_vec(&ErrorBody {
         error,
@@ -449,7 +498,7 @@ async fn refuse(
         503 => "Service Unavailable",
         _ => "Bad Gateway",
     };
-    let connection = if matches!(status, 401 | 403 | 503) {
+    let connection = if matches!(status, 401 | 403 | 503) && !closing {
         ""
     } else {
         "connection: close\r\n"
@@ -538,6 +587,7 @@ async fn exchange(
     http_limits: &http::Limits,
     limits: &policy::Limits,
     started: Instant,
+    drain: &watch::Receiver<bool>,
 ) -> Outcome {
     let mut outcome = Outcome {
         status: None,
@@ -571,6 +621,7 @@ async fn exchange(
             req.method(),
             http_limits,
             idle,
+            drain,
         );
         tokio::pin!(body, response);
         let mut sent = None;
@@ -597,9 +648,9 @@ async fn exchange(
             outcome.response_bytes = resp.bytes;
             outcome.next = if resp.upgraded {
                 Next::Tunnel
-            } else if sent.is_none() || !req.keep_alive() || resp.until_close {
-                // Answered before the body was all read (the rest of it is unread), or the
-                // body's end is the end of the connection.
+            } else if sent.is_none() || !req.keep_alive() || resp.until_close || resp.closing {
+                // Answered before the body was all read (the rest of it is unread), the
+                // body's end is the end of the connection, or the client was told it is.
                 Next::Close
             } else if resp.upstream_reusable {
                 Next::Continue
@@ -720,6 +771,8 @@ struct Relayed {
     /// The body ran until the upstream closed: the client sees its end only when its own
     /// connection closes too.
     until_close: bool,
+    /// The head told the client the connection closes after this response (the drain).
+    closing: bool,
     upstream_reusable: bool,
 }
 
@@ -729,7 +782,9 @@ struct RelayError {
     head_relayed: bool,
 }
 
-/// Relay interim responses and the final one (head as received, body per its framing).
+/// Relay interim responses and the final one (head as received, body per its framing). The
+/// final head leaves with the part of the body already read, in one write; while the agent
+/// drains, it gains `connection: close`.
 async fn relay_response<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
@@ -737,6 +792,7 @@ async fn relay_response<R, W>(
     method: &Method,
     limits: &http::Limits,
     idle: Duration,
+    drain: &watch::Receiver<bool>,
 ) -> Result<Relayed, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -749,7 +805,7 @@ where
         head_relayed,
     };
     loop {
-        let (resp, len) = loop {
+        let (resp, mut len) = loop {
             match http::parse_response(buf, limits) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => fill(upstream, buf, idle)
@@ -758,32 +814,52 @@ where
                 Err(e) => return Err(err(e.to_string(), relayed_any)),
             }
         };
-        client
-            .write_all(&buf[..len])
-            .await
-            .map_err(|e| err(e.to_string(), true))?;
-        buf.advance(len);
-        bytes += len as u64;
-        relayed_any = true;
-        match resp.kind() {
-            ResponseKind::Interim => continue,
-            ResponseKind::SwitchingProtocols => {
-                return Ok(Relayed {
-                    status: resp.status(),
-                    bytes,
-                    upgraded: true,
-                    until_close: false,
-                    upstream_reusable: false,
-                });
+        let kind = resp.kind();
+        if kind != ResponseKind::Final {
+            client
+                .write_all(&buf[..len])
+                .await
+                .map_err(|e| err(e.to_string(), true))?;
+            buf.advance(len);
+            bytes += len as u64;
+            relayed_any = true;
+            if kind == ResponseKind::Interim {
+                continue;
             }
-            ResponseKind::Final => {}
+            return Ok(Relayed {
+                status: resp.status(),
+                bytes,
+                upgraded: true,
+                until_close: false,
+                closing: false,
+                upstream_reusable: false,
+            });
         }
+        let closing = *drain.borrow();
+        if closing {
+            // Before the blank line that ends the head. Rare (shutdown only): the copy is fine.
+            let rest = buf.split_off(len - 2);
+            buf.extend_from_slice(b"connection: close\r\n");
+            buf.unsplit(rest);
+            len += b"connection: close\r\n".len();
+        }
+        bytes += len as u64;
+        // The head is written with the body's first bytes, or alone before any further read,
+        // so an upstream failing from here on always finds the head relayed.
         let framing = http::response_body(method, &resp);
         let body = match framing {
-            ResponseBody::None => Ok(0),
-            ResponseBody::Length(n) => copy_exact(upstream, buf, client, n, idle).await.map(|()| n),
-            ResponseBody::Chunked => relay_chunked(upstream, buf, client, limits, idle).await,
-            ResponseBody::UntilClose => relay_until_close(upstream, buf, client).await,
+            ResponseBody::None => write_out(client, buf, len).await.map(|()| 0),
+            ResponseBody::Length(n) => {
+                let first = n.min((buf.len() - len) as u64);
+                match write_out(client, buf, len + first as usize).await {
+                    Ok(()) => copy_exact(upstream, buf, client, n - first, idle)
+                        .await
+                        .map(|()| n),
+                    Err(e) => Err(e),
+                }
+            }
+            ResponseBody::Chunked => relay_chunked(upstream, buf, len, client, limits, idle).await,
+            ResponseBody::UntilClose => relay_until_close(upstream, buf, len, client).await,
         };
         let body = body.map_err(|e| err(e, true))?;
         let until_close = framing == ResponseBody::UntilClose;
@@ -792,15 +868,33 @@ where
             bytes: bytes + body,
             upgraded: false,
             until_close,
+            closing,
             upstream_reusable: resp.keep_alive() && !until_close,
         });
     }
 }
 
-/// Relay a chunked response body as received, finding its end with a decoder.
+/// Write the first `len` bytes of `buf` to `client` and drop them from `buf`.
+async fn write_out<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    buf: &mut BytesMut,
+    len: usize,
+) -> Result<(), String> {
+    client
+        .write_all(&buf[..len])
+        .await
+        .map_err(|e| e.to_string())?;
+    buf.advance(len);
+    Ok(())
+}
+
+/// Relay a chunked response body as received, finding its end with a decoder. The first
+/// `head` bytes of `buf` (the response head) go out with the first part of the body. Returns
+/// the body's bytes.
 async fn relay_chunked<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
+    mut head: usize,
     client: &mut W,
     limits: &http::Limits,
     idle: Duration,
@@ -812,40 +906,38 @@ where
     let mut decoder = ChunkedDecoder::new(limits);
     let mut total = 0u64;
     loop {
-        if buf.is_empty() {
+        if buf.len() == head {
+            write_out(client, buf, head).await?;
+            head = 0;
             fill(upstream, buf, idle).await?;
         }
-        let consumed = match decoder.decode(buf).map_err(|e| e.to_string())? {
-            Decoded::Data(range) => range.end,
-            Decoded::NeedMore => buf.len(),
-            Decoded::End { consumed } => {
-                client
-                    .write_all(&buf[..consumed])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                buf.advance(consumed);
-                return Ok(total + consumed as u64);
-            }
+        let (consumed, end) = match decoder.decode(&buf[head..]).map_err(|e| e.to_string())? {
+            Decoded::Data(range) => (range.end, false),
+            Decoded::NeedMore => (buf.len() - head, false),
+            Decoded::End { consumed } => (consumed, true),
         };
-        client
-            .write_all(&buf[..consumed])
-            .await
-            .map_err(|e| e.to_string())?;
-        buf.advance(consumed);
+        write_out(client, buf, head + consumed).await?;
+        head = 0;
         total += consumed as u64;
+        if end {
+            return Ok(total);
+        }
     }
 }
 
+/// Relay a body that ends when the upstream closes, after the first `head` bytes of `buf`
+/// (the response head). Returns the body's bytes.
 async fn relay_until_close<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
+    head: usize,
     client: &mut W,
 ) -> Result<u64, String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut total = buf.len() as u64;
+    let mut total = (buf.len() - head) as u64;
     client.write_all(buf).await.map_err(|e| e.to_string())?;
     buf.clear();
     loop {
@@ -857,6 +949,20 @@ where
         total += n as u64;
         buf.clear();
     }
+}
+
+/// End a connection the drain closes: FIN first, then read and discard until the client closes
+/// too (bounded by [`LINGER`]), so a request it sent meanwhile meets an orderly close, not an
+/// RST, and the client retries it elsewhere.
+async fn close_gracefully(mut client: TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        while let Ok(1..) = client.read(&mut sink).await {}
+    })
+    .await;
 }
 
 /// After 101 Switching Protocols: pass what is buffered on, then relay raw bytes both ways.

@@ -322,7 +322,7 @@ fn settings_defaults_and_values() {
 settings:
   mode: audit
   limits: {maxHeaders: 50, headTimeout: 500ms, idleTimeout: 2m}
-  audit: {file: /var/log/enforcer/audit.jsonl, keep: 2}
+  audit: {file: /var/log/enforcer/audit.jsonl, keep: 2, format: ocsf}
 services:
   api: {endpoints: [\"10.0.0.1:80\"]}
 ",
@@ -342,8 +342,15 @@ services:
                 max_bytes: 100 * 1024 * 1024,
                 keep: 2,
             },
+            audit_format: AuditFormat::Ocsf,
         }
     );
+    // A format alone keeps stdout.
+    let p = policy(
+        "version: 1\nsettings:\n  audit: {format: ocsf}\nservices:\n  api: {endpoints: [\"10.0.0.1:80\"]}\n",
+    );
+    assert_eq!(p.settings.audit, AuditSink::Stdout);
+    assert_eq!(p.settings.audit_format, AuditFormat::Ocsf);
 }
 
 #[test]
