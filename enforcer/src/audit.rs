@@ -202,6 +202,10 @@ impl Audit {
                 keep,
             } => Box::new(RotatingFile::open(path.clone(), *max_bytes, *keep)?),
         };
+        Self::start_sink(sink, format)
+    }
+
+    fn start_sink(sink: Box<dyn Sink>, format: AuditFormat) -> Result<Self, Error> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stats = Arc::new(Stats::default());
         let writer_stats = stats.clone();

@@ -48,7 +48,8 @@ const BUFFER: usize = 16 * 1024;
 
 /// How long a connection closed by the drain waits for the client to close its side, so a
 /// request it sent meanwhile is not answered with an RST.
-const LINGER: Duration = Duration::from_secs(2);
+/// On loopback such a request is microseconds away; the bound is for slow peers.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// One redirected connection's fixed facts.
 pub(super) struct Conn {
@@ -470,10 +471,6 @@ struct ErrorBody<'a> {
 
 /// Answer the client ourselves with a small JSON body: 401, 403 and 503 leave the connection
 /// usable unless `closing`; 400, 408 and 502 end it. Either way, the head says so.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the record is filled in here; the rest is what the answer says"
-)]
 async fn refuse(
     client: &mut TcpStream,
     status: u16,
