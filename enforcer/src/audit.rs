@@ -307,12 +307,10 @@ fn write_record(
         AuditFormat::Json => serde_json::to_writer(&mut *line, record),
         AuditFormat::Ocsf => serde_json::to_writer(&mut *line, &ocsf::ApiActivity::from(record)),
     };
-    let written = serialized
-        .map_err(io::Error::from)
-        .and_then(|()| {
-            line.push(b'\n');
-            sink.write_line(line)
-        });
+    let written = serialized.map_err(io::Error::from).and_then(|()| {
+        line.push(b'\n');
+        sink.write_line(line)
+    });
     match written {
         Ok(()) => stats.written.fetch_add(1, Relaxed),
         Err(e) => {

@@ -136,7 +136,10 @@ fn an_upgrade_loses_no_request_of_an_idle_keep_alive_client() {
     reports.read_line(&mut line).unwrap();
     let first: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(first["first"], 200, "{first}");
-    assert_eq!(arrived.recv_timeout(Duration::from_secs(5)).unwrap(), "/first");
+    assert_eq!(
+        arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "/first"
+    );
 
     // The old agent stops while the client idles; a new one takes its port.
     let (status, _) = old.stop();
@@ -219,10 +222,7 @@ fn a_request_in_flight_completes_during_the_drain() {
         })
     };
     let response = slow["response"].as_str().unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200 OK\r\n"),
-        "{slow}"
-    );
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{slow}");
     assert!(response.ends_with("ok /slow/1500"), "{slow}");
     // Told to close, then closed with a FIN.
     assert!(response.contains("\r\nconnection: close\r\n"), "{slow}");
@@ -253,9 +253,8 @@ fn the_drain_is_bounded() {
     );
     let cgroup = &cgroup;
     let stuck = thread::scope(|s| {
-        let client = s.spawn(move || {
-            send_raw_with(cgroup, None, upstream, &get("/slow/20000"), true)
-        });
+        let client =
+            s.spawn(move || send_raw_with(cgroup, None, upstream, &get("/slow/20000"), true));
         assert_eq!(
             arrived.recv_timeout(Duration::from_secs(10)).unwrap(),
             "/slow/20000"

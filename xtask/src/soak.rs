@@ -21,7 +21,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -107,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     while started.elapsed() + Duration::from_millis(500) < duration {
         thread::sleep(PERIOD.min(duration.saturating_sub(started.elapsed())));
         tick += 1;
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             // SAFETY: plain syscall on our own child.
             unsafe { libc::kill(pid as i32, libc::SIGHUP) };
             sighups += 1;

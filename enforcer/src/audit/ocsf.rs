@@ -327,9 +327,7 @@ impl<'a> From<&'a Record> for ApiActivity<'a> {
             api: Api {
                 operation: r.method.as_deref().unwrap_or("unknown"),
                 service: Service { name: &r.service },
-                request: ApiRequest {
-                    uid: &r.request_id,
-                },
+                request: ApiRequest { uid: &r.request_id },
             },
             src_endpoint: Endpoint::new(&r.client, None),
             dst_endpoint: Endpoint::new(&r.destination, Some(&r.service)),

@@ -227,7 +227,9 @@ fn ocsf_violations(event: &serde_json::Value) -> Vec<String> {
                 }
             }
             if let Some(any) = rules["at_least_one"].as_array()
-                && !any.iter().any(|n| object.get(n.as_str().unwrap()).is_some())
+                && !any
+                    .iter()
+                    .any(|n| object.get(n.as_str().unwrap()).is_some())
             {
                 bad.push(format!("`{path}` has none of {any:?}"));
             }
@@ -254,7 +256,9 @@ fn ocsf_violations(event: &serde_json::Value) -> Vec<String> {
     }
     let activity = event["activity_id"].as_u64().unwrap_or(0);
     if spec["activity_id"].get(activity.to_string()).is_none() {
-        bad.push(format!("activity_id {activity} is not an API Activity activity"));
+        bad.push(format!(
+            "activity_id {activity} is not an API Activity activity"
+        ));
     }
     if event["type_uid"].as_u64() != Some(event["class_uid"].as_u64().unwrap_or(0) * 100 + activity)
     {
@@ -327,15 +331,24 @@ fn ocsf_maps_the_record() {
     let event = ocsf(&r);
     assert_eq!(event["class_uid"], 6003);
     assert_eq!(event["category_uid"], 6);
-    assert_eq!((&event["activity_id"], &event["activity_name"]), (&4.into(), &"Delete".into()));
+    assert_eq!(
+        (&event["activity_id"], &event["activity_name"]),
+        (&4.into(), &"Delete".into())
+    );
     assert_eq!(event["type_uid"], 600304);
     assert_eq!(event["time"], 1_700_000_000_250u64);
     assert_eq!(event["actor"]["process"]["pid"], 1);
     assert_eq!(event["actor"]["process"]["name"], "curl");
     assert_eq!(event["actor"]["process"]["file"]["path"], "/usr/bin/curl");
     assert_eq!(event["actor"]["process"]["file"]["name"], "curl");
-    assert_eq!(event["actor"]["user"], serde_json::json!({ "uid": "0", "name": "root" }));
-    assert_eq!(event["src_endpoint"], serde_json::json!({ "ip": "127.0.0.1", "port": 40000 }));
+    assert_eq!(
+        event["actor"]["user"],
+        serde_json::json!({ "uid": "0", "name": "root" })
+    );
+    assert_eq!(
+        event["src_endpoint"],
+        serde_json::json!({ "ip": "127.0.0.1", "port": 40000 })
+    );
     assert_eq!(
         event["dst_endpoint"],
         serde_json::json!({ "ip": "127.0.0.1", "port": 80, "svc_name": "api" })
@@ -348,18 +361,36 @@ fn ocsf_maps_the_record() {
     assert_eq!(event["api"]["operation"], "DELETE");
     assert_eq!(event["api"]["service"]["name"], "api");
     assert_eq!(event["policy"]["uid"], "cleanup");
-    assert_eq!((&event["action_id"], &event["disposition_id"]), (&1.into(), &1.into()));
-    assert_eq!((&event["status_id"], &event["severity_id"]), (&1.into(), &1.into()));
+    assert_eq!(
+        (&event["action_id"], &event["disposition_id"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(
+        (&event["status_id"], &event["severity_id"]),
+        (&1.into(), &1.into())
+    );
     assert_eq!(event["metadata"]["uid"], "req-7");
     assert_eq!(event["metadata"]["product"]["name"], "enforcer");
     assert_eq!(event["unmapped"]["decision"], "allow");
 
     // A denial: blocked, failed, medium; methods map to CRUD or other.
     let denied = ocsf(&record(8));
-    assert_eq!((&denied["action"], &denied["disposition"]), (&"Denied".into(), &"Blocked".into()));
-    assert_eq!((&denied["status"], &denied["severity_id"]), (&"Failure".into(), &3.into()));
+    assert_eq!(
+        (&denied["action"], &denied["disposition"]),
+        (&"Denied".into(), &"Blocked".into())
+    );
+    assert_eq!(
+        (&denied["status"], &denied["severity_id"]),
+        (&"Failure".into(), &3.into())
+    );
     assert_eq!(denied["activity_name"], "Create");
-    for (method, id) in [("GET", 2), ("HEAD", 2), ("PUT", 3), ("PATCH", 3), ("OPTIONS", 99)] {
+    for (method, id) in [
+        ("GET", 2),
+        ("HEAD", 2),
+        ("PUT", 3),
+        ("PATCH", 3),
+        ("OPTIONS", 99),
+    ] {
         let mut r = record(9);
         r.method = Some(method.into());
         assert_eq!(ocsf(&r)["activity_id"], id, "{method}");

@@ -125,11 +125,7 @@ fn settings(d: &mut Diagnostics, s: super::file::SettingsFile) -> Settings {
     Settings {
         mode: s.mode.unwrap_or_default(),
         limits: limits(d, s.limits.unwrap_or_default()),
-        audit_format: s
-            .audit
-            .as_ref()
-            .and_then(|a| a.format)
-            .unwrap_or_default(),
+        audit_format: s.audit.as_ref().and_then(|a| a.format).unwrap_or_default(),
         audit: s.audit.map_or(AuditSink::Stdout, |a| audit(d, a)),
     }
 }

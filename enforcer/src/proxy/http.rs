@@ -179,7 +179,16 @@ pub(super) async fn serve(
                     record.added_latency_us = micros(started);
                 } else {
                     record.reason = "malformed request";
-                    refuse(&mut client, 400, "bad request", None, &mut record, started, true).await;
+                    refuse(
+                        &mut client,
+                        400,
+                        "bad request",
+                        None,
+                        &mut record,
+                        started,
+                        true,
+                    )
+                    .await;
                 }
                 return relay.finish(record);
             }
@@ -311,7 +320,16 @@ pub(super) async fn serve(
                     record.reason = "upstream unreachable";
                     record.detail = Some(e.to_string());
                     relay.stats.upstream_failed.fetch_add(1, Relaxed);
-                    refuse(&mut client, 502, "bad gateway", None, &mut record, started, true).await;
+                    refuse(
+                        &mut client,
+                        502,
+                        "bad gateway",
+                        None,
+                        &mut record,
+                        started,
+                        true,
+                    )
+                    .await;
                     return relay.finish(record);
                 }
             },
@@ -341,7 +359,16 @@ pub(super) async fn serve(
             }
             record.decision = audit::Verdict::Reject;
             record.reason = "malformed request body";
-            refuse(&mut client, 400, "bad request", None, &mut record, started, true).await;
+            refuse(
+                &mut client,
+                400,
+                "bad request",
+                None,
+                &mut record,
+                started,
+                true,
+            )
+            .await;
             return relay.finish(record);
         }
         relay.finish(record);

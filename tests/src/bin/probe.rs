@@ -380,7 +380,10 @@ fn keepalive(addr: SocketAddr, first: &str, second: &str) -> serde_json::Value {
         Err(e) => return fail("first", e),
     };
     let local = conn.get_ref().local_addr().map(|a| a.to_string()).ok();
-    println!("{}", json!({ "pid": std::process::id(), "first": status, "local": local }));
+    println!(
+        "{}",
+        json!({ "pid": std::process::id(), "first": status, "local": local })
+    );
     let _ = io::stdout().flush();
     let mut go = String::new();
     let _ = io::stdin().read_line(&mut go);
@@ -402,7 +405,9 @@ fn keepalive(addr: SocketAddr, first: &str, second: &str) -> serde_json::Value {
     })();
     match result {
         Ok(status) => json!({ "second": status, "retried": retried, "idle_end": idle_end }),
-        Err(e) => json!({ "error": format!("second: {e}"), "retried": retried, "idle_end": idle_end }),
+        Err(e) => {
+            json!({ "error": format!("second: {e}"), "retried": retried, "idle_end": idle_end })
+        }
     }
 }
 
@@ -415,7 +420,7 @@ fn load(addr: SocketAddr, allowed: &str, denied: &str, seconds: u64) -> serde_js
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
-        let deny = n % 4 == 0;
+        let deny = n.is_multiple_of(4);
         let close = n % 8 == 1;
         let path = if deny { denied } else { allowed };
         let result = (|| -> io::Result<(u16, bool)> {
