@@ -299,10 +299,10 @@ fn get_once(
     close: bool,
 ) -> io::Result<Option<(u16, bool)>> {
     let connection = if close { "connection: close\r\n" } else { "" };
-    let sent = write!(
-        conn.get_mut(),
-        "GET {path} HTTP/1.1\r\nhost: test\r\n{connection}\r\n"
-    );
+    // One write: `write!` on the socket would send each piece as its own small segment, and
+    // Nagle would hold the later ones for a delayed ACK.
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n{connection}\r\n");
+    let sent = conn.get_mut().write_all(request.as_bytes());
     let retryable = |e: &io::Error| {
         matches!(
             e.kind(),
