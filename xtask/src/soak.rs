@@ -187,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "allowed_failed": load.allowed_failed,
             "denied_ok": load.denied_ok,
             "denied_failed": load.denied_failed,
+            "retried": load.retried,
             "per_second": (load.allowed_ok + load.denied_ok) as f64 / duration.as_secs_f64(),
             "errors": load.errors,
         },
@@ -205,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "\nsoak summary ({:.1} min, {} clients)\n  requests: {} allowed ok, {} allowed failed, {} \
-         denied (403), {} denied failed ({:.0}/s)\n  reloads:  {} ({} rewrites, {} SIGHUPs)\n  \
+         denied (403), {} denied failed ({:.0}/s), {} retried on a new connection\n  reloads:  {} ({} rewrites, {} SIGHUPs)\n  \
          RSS:      start {:.1} MiB, max {:.1} MiB, end {:.1} MiB (growth under load {:.1} MiB, \
          bound {} MiB)\n  fds:      start {}, max {}, end {}\n  report:   {}",
         args.minutes,
@@ -215,6 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         load.denied_ok,
         load.denied_failed,
         (load.allowed_ok + load.denied_ok) as f64 / duration.as_secs_f64(),
+        load.retried,
         reloads,
         rewrites,
         sighups,
@@ -302,6 +304,8 @@ struct Totals {
     allowed_failed: u64,
     denied_ok: u64,
     denied_failed: u64,
+    /// Retried on a new connection: a reused one closed before any response byte.
+    retried: u64,
     errors: Vec<String>,
 }
 
@@ -312,6 +316,7 @@ impl Totals {
         self.allowed_failed += n("allowed_failed");
         self.denied_ok += n("denied_ok");
         self.denied_failed += n("denied_failed");
+        self.retried += n("retried");
         for e in report["errors"].as_array().into_iter().flatten() {
             if self.errors.len() < 10 {
                 self.errors.push(e.as_str().unwrap_or_default().to_owned());

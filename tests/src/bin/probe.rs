@@ -21,7 +21,8 @@
 //!   request is retried once on a new connection. Prints `{"second": STATUS, "retried": ..}`.
 //! - `probe load ADDR ALLOWED DENIED SECONDS`: a mix for soak runs: every 4th request asks
 //!   for DENIED, the rest ALLOWED; every 8th closes its connection (`connection: close`), the
-//!   rest keep it alive. Reports counts of allowed and denied outcomes and of failures.
+//!   rest keep it alive. Reports counts of allowed and denied outcomes, of failures, and of
+//!   requests retried because a reused connection closed before any response byte.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -415,6 +416,7 @@ fn load(addr: SocketAddr, allowed: &str, denied: &str, seconds: u64) -> serde_js
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut statuses = std::collections::BTreeMap::<String, u64>::new();
     let (mut allowed_ok, mut allowed_failed, mut denied_ok, mut denied_failed) = (0u64, 0, 0, 0);
+    let mut retried = 0u64;
     let mut errors = Vec::new();
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut n = 0u64;
@@ -433,6 +435,7 @@ fn load(addr: SocketAddr, allowed: &str, denied: &str, seconds: u64) -> serde_js
                 Some(answer) => Ok(answer),
                 // A reused connection the server closed between requests: retry once.
                 None if reused => {
+                    retried += 1;
                     let c = conn.insert(connect_http(addr)?);
                     get_once(c, path, close)?.ok_or(io::ErrorKind::ConnectionAborted.into())
                 }
@@ -471,6 +474,7 @@ fn load(addr: SocketAddr, allowed: &str, denied: &str, seconds: u64) -> serde_js
         "allowed_failed": allowed_failed,
         "denied_ok": denied_ok,
         "denied_failed": denied_failed,
+        "retried": retried,
         "errors": errors,
     })
 }
