@@ -650,7 +650,11 @@ async fn exchange(
         tokio::pin!(body, response);
         let mut sent = None;
         loop {
+            // Body first: a request without one is sent at once, even when the response is
+            // already waiting; polled second, such a response would find the body unsent and
+            // the connection would close without the client being told.
             tokio::select! {
+                biased;
                 r = &mut body, if sent.is_none() => match r {
                     Ok(n) => sent = Some(n),
                     Err(e) => {
