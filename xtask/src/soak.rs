@@ -8,9 +8,10 @@
 //! - Every 10 s the policy changes (a rewritten file, put in place by rename as deployment
 //!   tools do), or, every third time, the agent gets SIGHUP instead; and the agent's RSS and
 //!   open descriptors are sampled.
-//! - Verdict: any failed allowed (or denied) request fails the run; so does RSS growing more
-//!   than `--max-rss-growth-mib` between the first sample under load and the end, or more open
-//!   descriptors once the load has stopped than before it started (beyond a few for the
+//! - Verdict: the run fails on any failed allowed (or denied) request; on a keep-alive
+//!   connection closed without notice (a request the client had to retry); on RSS growing
+//!   more than `--max-rss-growth-mib` between the first sample under load and the end; or on
+//!   more open descriptors once the load has stopped than before it (beyond a few for the
 //!   runtime's own use).
 //!
 //! The agent logs at `info` except per-connection events (`enforcer::proxy=warn`): at
@@ -152,6 +153,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         problems.push(format!(
             "{} denied requests did not get 403",
             load.denied_failed
+        ));
+    }
+    if load.retried > 0 {
+        // Under steady load nothing should close a keep-alive connection without saying so.
+        problems.push(format!(
+            "{} requests met a reused connection closed without notice",
+            load.retried
         ));
     }
     if load.allowed_ok == 0 {
