@@ -28,13 +28,18 @@ use enforcer::{
     metrics::{self, Metrics},
     policy::{self, Policy},
     proxy,
-    proxy::{Relay, Stats},
+    proxy::{Drain, Relay, Stats},
     redirect::{self, Listeners, Redirect},
     reload::{self, PolicyStore},
 };
 
 #[derive(Parser)]
-#[command(version, about = "eBPF-based host-level API traffic enforcer")]
+// A later flag overrides an earlier one: a wrapper can append its own `--listen`.
+#[command(
+    version,
+    about = "eBPF-based host-level API traffic enforcer",
+    args_override_self = true
+)]
 struct Cli {
     /// Log format of the agent's own logs (stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -126,6 +131,11 @@ struct RunArgs {
     /// original destination to accept; given, it overrides the policy's value.
     #[arg(long)]
     connect_timeout: Option<f64>,
+    /// Seconds SIGTERM waits for requests in flight before exiting. Listeners close at once;
+    /// idle connections close at once; a request in flight finishes (its response says
+    /// `connection: close`). A second SIGTERM or SIGINT ends the wait.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
     /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
     /// tokens in records (so a token's fingerprint is stable across restarts), and the
     /// bind-on-first-use bindings.
@@ -243,6 +253,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => bail!("--connect-timeout must be a positive number of seconds"),
     };
     let open_files = limits::raise_open_file_limit();
+    if !(args.drain_timeout >= 0.0 && args.drain_timeout.is_finite()) {
+        bail!("--drain-timeout must be a number of seconds, 0 or more");
+    }
+    let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     let policy = Policy::load(&args.policy)?;
     // The endpoint is up first, so /healthz answers and /readyz says "not yet" while the
     // programs are attached.
@@ -293,7 +307,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
 
-    let audit = Audit::start(&policy.settings.audit)?;
+    let audit = Audit::start(&policy.settings.audit, policy.settings.audit_format)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -322,6 +336,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         limiter: Limiter::new(),
         connect_timeout,
         metrics: metrics.clone(),
+        drain: Drain::default(),
     });
     if let Some(metrics) = &metrics {
         metrics.attach(metrics::Agent {
@@ -401,11 +416,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         metrics.set_ready(false);
     }
+    // Closing the listeners stops accepting: until the programs detach, new connects are
+    // refused, not let through.
     for task in &tasks {
         task.abort();
     }
     for task in tasks {
         let _ = task.await;
+    }
+    info!(
+        event = "draining",
+        connections = relay.drain.connections(),
+        timeout_s = drain_timeout.as_secs_f64(),
+        "draining connections"
+    );
+    let drained = tokio::select! {
+        r = tokio::time::timeout(drain_timeout, relay.drain.run()) => r.is_ok(),
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+    };
+    if drained {
+        info!(event = "drained", "every connection closed");
+    } else {
+        warn!(
+            event = "drain_cut",
+            connections = relay.drain.connections(),
+            "drain ended with connections open: they are cut"
+        );
     }
     // The writer thread dies with the process: write out what is queued first.
     if !relay.audit.flush(Duration::from_secs(5)) {

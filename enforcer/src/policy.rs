@@ -143,6 +143,7 @@ pub struct Settings {
     pub limits: Limits,
     pub audit: AuditSink,
     pub anomalies: Anomalies,
+    pub audit_format: AuditFormat,
 }
 
 /// Enforce decisions, or only record them.
@@ -225,6 +226,17 @@ pub struct Burst {
     /// `factor` × 100, so that settings stay `Eq`.
     pub factor_percent: u32,
     pub min_count: u64,
+}
+
+/// `settings.audit.format`: how each record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    /// The agent's own record, one JSON object per line (see `docs/policy.md`).
+    #[default]
+    Json,
+    /// OCSF API Activity (class 6003) events, one per line, for SIEM ingestion.
+    Ocsf,
 }
 
 /// Numbers a policy is identified by; see [`Policy::generation`].

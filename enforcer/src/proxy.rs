@@ -8,6 +8,13 @@
 //! destination as a byte stream, both directions, with half-close carried across. Reports: one
 //! log event per redirected connection with the caller's identity, an audit record per
 //! connection refused for a limit ("connection limit"), and counters in [`Stats`].
+//!
+//! Shutdown drains ([`Drain`]): once the listeners are closed, an HTTP connection finishes its
+//! request in flight, answers any request already arriving with `connection: close`, and an
+//! idle one is closed at once with a FIN — never mid-request and never with an RST — so a
+//! client retrying an idempotent request on a fresh connection (RFC 9112 §9.3.1) loses
+//! nothing. Byte-stream relays and tunnels have no request boundary: they run on until the
+//! drain's time bound.
 
 mod http;
 
@@ -25,6 +32,7 @@ use enforcer_common::ConnMeta;
 use tokio::{
     io::copy_bidirectional_with_sizes,
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
 use tracing::{debug, info, warn};
 
@@ -74,6 +82,40 @@ pub struct Relay {
     pub connect_timeout: Option<Duration>,
     /// `None` with `--metrics-addr off`: nothing is recorded.
     pub metrics: Option<Arc<Metrics>>,
+    pub drain: Drain,
+}
+
+/// The shutdown signal of connections. Every connection holds a subscription for its life, so
+/// the drain is over when none is left.
+pub struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            tx: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Drain {
+    /// Subscribe a connection: `true` is sent when it should finish and close.
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Connections still open.
+    pub fn connections(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Tell every connection to finish, and wait until all have closed. Call after the
+    /// listeners are closed, so no connection subscribes afterwards.
+    pub async fn run(&self) {
+        self.tx.send_replace(true);
+        self.tx.closed().await;
+    }
 }
 
 /// Accept redirected connections on `listener` until the task is dropped.
@@ -104,6 +146,7 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             relay.finish(connection_refused(
                 &policy,
                 &meta,
+                peer,
                 attested_caller(&meta),
                 Arc::default(),
                 format!("{max} connections open, the most allowed (maxConnections)"),
@@ -112,9 +155,11 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
         };
         relay.stats.accepted.fetch_add(1, Relaxed);
         let active = relay.metrics.as_ref().map(|m| m.connection_opened());
+        // Subscribed here, not in the task: a drain starting before the task runs counts it.
+        let drain = relay.drain.subscribe();
         let relay = relay.clone();
         tokio::spawn(async move {
-            relay.handle(stream, peer, meta, permit).await;
+            relay.handle(stream, peer, meta, permit, drain).await;
             drop(active);
         });
     }
@@ -142,6 +187,7 @@ impl Relay {
         peer: SocketAddr,
         meta: ConnMeta,
         _permit: ConnPermit,
+        drain: watch::Receiver<bool>,
     ) {
         let dst = redirect::original_destination(&meta);
         let policy = self.store.current();
@@ -166,17 +212,20 @@ impl Relay {
                 };
                 log_connection(&identity, peer, dst, service, None);
                 let conn = http::Conn {
+                    peer,
                     dst,
                     identity,
                     policy,
                     ids,
                     limits,
                 };
-                http::serve(&self, conn, client).await;
+                http::serve(&self, conn, client, drain).await;
             }
             Protocol::Tcp => {
                 self.relay_tcp(client, peer, &meta, &policy, service, identity)
-                    .await
+                    .await;
+                // Held to here: the drain waits for the stream (up to its bound).
+                drop(drain);
             }
         }
     }
@@ -203,6 +252,7 @@ impl Relay {
         self.finish(connection_refused(
             policy,
             meta,
+            peer,
             Arc::new(crate::audit::Caller::from(identity)),
             ids.shared_names().into(),
             format!(
@@ -278,6 +328,7 @@ impl Relay {
 fn connection_refused(
     policy: &Policy,
     meta: &ConnMeta,
+    client: SocketAddr,
     caller: Arc<crate::audit::Caller>,
     identities: Arc<[Arc<str>]>,
     detail: String,
@@ -297,6 +348,7 @@ fn connection_refused(
             .service_for(dst.ip(), dst.port())
             .unwrap_or("unknown")
             .into(),
+        client: client.to_string().into(),
         destination: dst.to_string().into(),
         method: None,
         path: None,

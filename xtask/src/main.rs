@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | bench | soak`.
 
 mod bench;
 mod setup;
+mod soak;
 
 use std::process::Command;
 
@@ -32,6 +33,9 @@ enum Task {
     Test,
     /// Set up, then measure the data path against baselines in one run; prints ratios.
     Bench(bench::Args),
+    /// Set up, then run the release agent under steady load with policy reloads for minutes;
+    /// fails on any failed allowed request or on growth of its memory or descriptors.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +54,13 @@ fn main() -> anyhow::Result<()> {
             }
             setup::run()?;
             bench::run(args)
+        }
+        Task::Soak(args) => {
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("cargo xtask soak loads BPF programs and makes cgroups: run it as root");
+            }
+            setup::run()?;
+            soak::run(args)
         }
     }
 }

@@ -32,6 +32,7 @@ fn record(decision: Verdict, rule: Option<&str>, identities: &[&str], path: &str
         }),
         identities: identities.iter().map(|&i| Arc::from(i)).collect(),
         service: "payments".into(),
+        client: "127.0.0.1:40000".into(),
         destination: "10.0.0.1:80".into(),
         method: Some("GET".into()),
         path: Some(path.into()),

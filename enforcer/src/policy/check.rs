@@ -127,6 +127,7 @@ fn settings(d: &mut Diagnostics, s: super::file::SettingsFile) -> Settings {
     Settings {
         mode: s.mode.unwrap_or_default(),
         limits: limits(d, s.limits.unwrap_or_default()),
+        audit_format: s.audit.as_ref().and_then(|a| a.format).unwrap_or_default(),
         audit: s.audit.map_or(AuditSink::Stdout, |a| audit(d, a)),
         anomalies: anomalies(d, s.anomalies.unwrap_or_default()),
     }
@@ -393,7 +394,7 @@ pub(super) fn duration(s: &str) -> Result<Duration, &'static str> {
 }
 
 fn audit(d: &mut Diagnostics, a: AuditFile) -> AuditSink {
-    if a.file.value == "-" {
+    let Some(file) = a.file.filter(|f| f.value != "-") else {
         for (field, loc) in [
             ("maxBytes", a.max_bytes.as_ref().map(|v| v.referenced)),
             ("keep", a.keep.as_ref().map(|v| v.referenced)),
@@ -406,14 +407,14 @@ fn audit(d: &mut Diagnostics, a: AuditFile) -> AuditSink {
             }
         }
         return AuditSink::Stdout;
-    }
-    let path = PathBuf::from(&a.file.value);
+    };
+    let path = PathBuf::from(&file.value);
     if !path.is_absolute() {
         d.at(
-            &a.file.referenced,
+            &file.referenced,
             format!(
                 "audit `file` `{}` must be an absolute path, or `-` for stdout",
-                a.file.value
+                file.value
             ),
         );
     }

@@ -9,7 +9,7 @@ use serde::{
 };
 use serde_saphyr::Spanned;
 
-use super::{FailMode, Mode, Protocol};
+use super::{AuditFormat, FailMode, Mode, Protocol};
 
 /// The document. Field names are camelCase, as in Kubernetes and most YAML configs.
 #[derive(Deserialize)]
@@ -107,7 +107,8 @@ pub(super) struct SwitchFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct AuditFile {
-    pub file: Spanned<String>,
+    pub file: Option<Spanned<String>>,
+    pub format: Option<AuditFormat>,
     pub max_bytes: Option<Spanned<u64>>,
     pub keep: Option<Spanned<u32>>,
 }

@@ -8,6 +8,10 @@
 //! per request: the caller identity's request rate, before the decision; the allowing rule's
 //! rate and body size, after it (429 with `Retry-After`, 413); and the upstream's connect and
 //! response timeouts (504). Reports: one audit record per request.
+//!
+//! While the agent drains (see [`super::Drain`]), a request in flight or already arriving is
+//! answered with `connection: close` and the connection then closed; an idle one is closed at
+//! once, with a FIN.
 
 use std::{
     net::SocketAddr,
@@ -23,6 +27,7 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    sync::watch,
     time::timeout,
 };
 use tracing::debug;
@@ -46,9 +51,15 @@ use super::Relay;
 /// Initial size of each read buffer; grows only for larger heads.
 const BUFFER: usize = 16 * 1024;
 
+/// How long a connection closed by the drain waits for the client to close its side, so a
+/// request it sent meanwhile is not answered with an RST.
+/// On loopback such a request is microseconds away; the bound is for slow peers.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// One redirected connection's fixed facts, and what the policy in force at accept says of
 /// its caller.
 pub(super) struct Conn {
+    pub peer: SocketAddr,
     pub dst: SocketAddr,
     pub identity: Arc<Identity>,
     pub policy: Arc<Policy>,
@@ -88,8 +99,13 @@ impl Headers for [http::Header] {
     }
 }
 
-/// Serve HTTP/1.1 requests on `client` until it closes, errs or is refused.
-pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
+/// Serve HTTP/1.1 requests on `client` until it closes, errs, is refused or `drain` says so.
+pub(super) async fn serve(
+    relay: &Relay,
+    conn: Conn,
+    mut client: TcpStream,
+    mut drain: watch::Receiver<bool>,
+) {
     let caller = Arc::new(Caller::from(&*conn.identity));
     let owner: Arc<str> = binding::owner_of(&conn.identity).into();
     let mut cbuf = BytesMut::with_capacity(BUFFER);
@@ -97,6 +113,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
     // Which policy identities the caller matches, per policy: classified once per policy.
     let mut classified = Classified::new(conn.policy, conn.ids, conn.limits, conn.dst);
     let dst: Arc<str> = conn.dst.to_string().into();
+    let peer: Arc<str> = conn.peer.to_string().into();
     // Reused for every request head sent upstream.
     let mut out_head = BytesMut::with_capacity(1024);
     loop {
@@ -113,6 +130,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &http_limits,
             limits.idle_timeout,
             limits.head_timeout,
+            &mut drain,
         )
         .await;
         let started = Instant::now();
@@ -139,6 +157,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             caller: caller.clone(),
             identities: names.clone(),
             service: service.clone(),
+            client: peer.clone(),
             destination: dst.clone(),
             method: None,
             path: None,
@@ -155,6 +174,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(HeadFailure::Io) => return,
+            Err(HeadFailure::Drained) => return close_gracefully(client).await,
             Err(HeadFailure::Timeout) => {
                 record.reason = "request head timeout";
                 refuse(
@@ -164,6 +184,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     None,
                     &mut record,
                     started,
+                    true,
                 )
                 .await;
                 return relay.finish(record);
@@ -176,7 +197,16 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     record.added_latency_us = micros(started);
                 } else {
                     record.reason = "malformed request";
-                    refuse(&mut client, 400, "bad request", None, &mut record, started).await;
+                    refuse(
+                        &mut client,
+                        400,
+                        "bad request",
+                        None,
+                        &mut record,
+                        started,
+                        true,
+                    )
+                    .await;
                 }
                 return relay.finish(record);
             }
@@ -195,7 +225,8 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     .map(|r| r.to_string())
                     .unwrap_or_default()
             ));
-            too_many_requests(&mut client, wait, &mut record, started).await;
+            let draining = *drain.borrow();
+            too_many_requests(&mut client, wait, &mut record, started, draining).await;
             relay.finish(record);
             // The body is left unread: the connection cannot go on.
             if req.body() != Body::None {
@@ -203,6 +234,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             }
             if !req.keep_alive() {
                 return;
+            }
+            if draining {
+                return close_gracefully(client).await;
             }
             continue;
         }
@@ -299,6 +333,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 503 => "unavailable",
                 _ => "forbidden",
             };
+            let draining = *drain.borrow();
             refuse(
                 &mut client,
                 status,
@@ -306,6 +341,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 challenge.as_deref(),
                 &mut record,
                 started,
+                draining,
             )
             .await;
             relay.finish(record);
@@ -313,6 +349,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             // without one leaves the connection usable.
             if req.body() != Body::None || !req.keep_alive() {
                 return;
+            }
+            if draining {
+                return close_gracefully(client).await;
             }
             continue;
         }
@@ -332,7 +371,8 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 rule.id(),
                 rule_limits.rate.map(|r| r.to_string()).unwrap_or_default()
             ));
-            too_many_requests(&mut client, wait, &mut record, started).await;
+            let draining = *drain.borrow();
+            too_many_requests(&mut client, wait, &mut record, started, draining).await;
             relay.finish(record);
             // The body is left unread: the connection cannot go on.
             if req.body() != Body::None {
@@ -340,6 +380,9 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             }
             if !req.keep_alive() {
                 return;
+            }
+            if draining {
+                return close_gracefully(client).await;
             }
             continue;
         }
@@ -358,6 +401,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                 None,
                 &mut record,
                 started,
+                true,
             )
             .await;
             relay.finish(record);
@@ -384,7 +428,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                         (502, "bad gateway")
                     };
                     record.detail = Some(e.to_string());
-                    refuse(&mut client, status, error, None, &mut record, started).await;
+                    refuse(&mut client, status, error, None, &mut record, started, true).await;
                     return relay.finish(record);
                 }
             },
@@ -399,6 +443,7 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
             &limits,
             rule_limits.max_body_bytes,
             started,
+            &drain,
         )
         .await;
         record.status = outcome.status;
@@ -424,17 +469,30 @@ pub(super) async fn serve(relay: &Relay, conn: Conn, mut client: TcpStream) {
                     None,
                     &mut record,
                     started,
+                    true,
                 )
                 .await;
                 relay.finish(record);
                 return close_unread(client).await;
             }
             record.reason = "malformed request body";
-            refuse(&mut client, 400, "bad request", None, &mut record, started).await;
+            refuse(
+                &mut client,
+                400,
+                "bad request",
+                None,
+                &mut record,
+                started,
+                true,
+            )
+            .await;
             return relay.finish(record);
         }
         relay.finish(record);
         match outcome.next {
+            Next::Continue | Next::ReconnectUpstream if *drain.borrow() => {
+                return close_gracefully(client).await;
+            }
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
             Next::Close | Next::BadRequestBody | Next::BodyTooLarge => return,
@@ -486,19 +544,22 @@ fn micros(since: Instant) -> u64 {
 enum HeadFailure {
     /// The connection failed or closed mid-head.
     Io,
+    /// The agent drains and no request has started on this connection.
+    Drained,
     Timeout,
     Invalid(RequestError),
 }
 
 /// Read the next request head. `Ok(None)`: the client closed cleanly between requests.
-/// Waiting for its first byte is bounded by `idle`; once it has started, the whole head must
-/// arrive within `head` (slowloris).
+/// Waiting for its first byte is bounded by `idle`, and ends when `drain` is set; once it has
+/// started, the whole head must arrive within `head` (slowloris).
 async fn read_head(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     limits: &http::Limits,
     idle: Duration,
     head: Duration,
+    drain: &mut watch::Receiver<bool>,
 ) -> Result<Option<Request>, HeadFailure> {
     let mut deadline = None::<tokio::time::Instant>;
     loop {
@@ -518,7 +579,19 @@ async fn read_head(
             (true, Some(d)) => d,
             (true, None) => *deadline.insert(tokio::time::Instant::now() + head),
         };
-        match tokio::time::timeout_at(limit, client.read_buf(buf)).await {
+        let read = tokio::time::timeout_at(limit, client.read_buf(buf));
+        let read = if started {
+            read.await
+        } else {
+            // Bytes already waiting are a request that arrived before the drain: read first.
+            // (`read_buf` is cancel-safe: dropped unfinished, it has read nothing.)
+            tokio::select! {
+                biased;
+                r = read => r,
+                _ = drain.wait_for(|draining| *draining) => return Err(HeadFailure::Drained),
+            }
+        };
+        match read {
             Ok(Ok(0)) if !started => return Ok(None),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadFailure::Io),
             Ok(Ok(_)) => {}
@@ -541,7 +614,8 @@ struct ErrorBody<'a> {
 }
 
 /// Answer the client ourselves with a small JSON body: 401, 403, 429 and 503 leave the
-/// connection usable; 400, 408, 413, 502 and 504 end it, and say so.
+/// connection usable unless `closing`; 400, 408, 413, 502 and 504 end it. Either way, the head
+/// says so.
 async fn refuse(
     client: &mut TcpStream,
     status: u16,
@@ -549,11 +623,12 @@ async fn refuse(
     challenge: Option<&str>,
     record: &mut Record,
     started: Instant,
+    closing: bool,
 ) {
     let challenge = challenge
         .map(|c| format!("www-authenticate: {c}\r\n"))
         .unwrap_or_default();
-    answer(client, status, error, &challenge, record, started).await;
+    answer(client, status, error, &challenge, record, started, closing).await;
 }
 
 /// 429, with when to try again.
@@ -562,9 +637,19 @@ async fn too_many_requests(
     wait: Duration,
     record: &mut Record,
     started: Instant,
+    closing: bool,
 ) {
     let retry = format!("retry-after: {}\r\n", limits::retry_after_secs(wait));
-    answer(client, 429, "too many requests", &retry, record, started).await;
+    answer(
+        client,
+        429,
+        "too many requests",
+        &retry,
+        record,
+        started,
+        closing,
+    )
+    .await;
 }
 
 /// [`refuse`] with `headers` (complete lines) added to the head.
@@ -575,6 +660,7 @@ async fn answer(
     headers: &str,
     record: &mut Record,
     started: Instant,
+    closing: bool,
 ) {
     let body = serde_json::to_vec(&ErrorBody {
         error,
@@ -594,7 +680,7 @@ async fn answer(
         504 => "Gateway Timeout",
         _ => "Bad Gateway",
     };
-    let connection = if matches!(status, 401 | 403 | 429 | 503) {
+    let connection = if matches!(status, 401 | 403 | 429 | 503) && !closing {
         ""
     } else {
         "connection: close\r\n"
@@ -710,6 +796,7 @@ async fn exchange(
     limits: &policy::Limits,
     max_body: Option<u64>,
     started: Instant,
+    drain: &watch::Receiver<bool>,
 ) -> Outcome {
     let mut outcome = Outcome {
         status: None,
@@ -756,6 +843,7 @@ async fn exchange(
             http_limits,
             idle,
             &responding,
+            drain,
         );
         // The response timeout runs from the end of the request: a slow upload is bounded
         // by the idle timeout instead.
@@ -763,10 +851,10 @@ async fn exchange(
         tokio::pin!(body, response, response_timeout);
         let mut sent = None;
         loop {
+            // Body first: a request without one is sent at once, even when the response is
+            // already waiting; polled second, such a response would find the body unsent and
+            // the connection would close without the client being told.
             tokio::select! {
-                // Body first: a response that is already complete when both are first polled
-                // must not be taken for one that came before the body was read (which closes
-                // the connection, losing pipelined requests).
                 biased;
                 r = &mut body, if sent.is_none() => match r {
                     Ok(n) => {
@@ -810,9 +898,9 @@ async fn exchange(
             outcome.response_bytes = resp.bytes;
             outcome.next = if resp.upgraded {
                 Next::Tunnel
-            } else if sent.is_none() || !req.keep_alive() || resp.until_close {
-                // Answered before the body was all read (the rest of it is unread), or the
-                // body's end is the end of the connection.
+            } else if sent.is_none() || !req.keep_alive() || resp.until_close || resp.closing {
+                // Answered before the body was all read (the rest of it is unread), the
+                // body's end is the end of the connection, or the client was told it is.
                 Next::Close
             } else if resp.upstream_reusable {
                 Next::Continue
@@ -999,6 +1087,8 @@ struct Relayed {
     /// The body ran until the upstream closed: the client sees its end only when its own
     /// connection closes too.
     until_close: bool,
+    /// The head told the client the connection closes after this response (the drain).
+    closing: bool,
     upstream_reusable: bool,
 }
 
@@ -1010,8 +1100,10 @@ struct RelayError {
     upstream: Option<UpstreamError>,
 }
 
-/// Relay interim responses and the final one (head as received, body per its framing).
-/// `responding` is set while a head is being relayed, and for good from the final one on.
+/// Relay interim responses and the final one (head as received, body per its framing). The
+/// final head leaves with the part of the body already read, in one write; while the agent
+/// drains, it gains `connection: close`. `responding` is set while a head is being relayed,
+/// and for good from the final one on.
 async fn relay_response<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
@@ -1020,6 +1112,7 @@ async fn relay_response<R, W>(
     limits: &http::Limits,
     idle: Duration,
     responding: &AtomicBool,
+    drain: &watch::Receiver<bool>,
 ) -> Result<Relayed, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -1033,7 +1126,7 @@ where
         upstream: e.of_upstream(),
     };
     loop {
-        let (resp, len) = loop {
+        let (resp, mut len) = loop {
             match http::parse_response(buf, limits) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => fill(upstream, buf, idle)
@@ -1042,37 +1135,53 @@ where
                 Err(e) => return Err(broken(Broken::Framing(e.to_string()), relayed_any)),
             }
         };
+        let kind = resp.kind();
         // A head half-written cannot be followed by the agent's own 504.
         responding.store(true, Relaxed);
-        client
-            .write_all(&buf[..len])
-            .await
-            .map_err(|e| broken(Broken::Write(e), true))?;
-        buf.advance(len);
-        bytes += len as u64;
-        relayed_any = true;
-        match resp.kind() {
-            ResponseKind::Interim => {
+        if kind != ResponseKind::Final {
+            write_out(client, buf, len)
+                .await
+                .map_err(|e| broken(e, true))?;
+            bytes += len as u64;
+            relayed_any = true;
+            if kind == ResponseKind::Interim {
                 responding.store(false, Relaxed);
                 continue;
             }
-            ResponseKind::SwitchingProtocols => {
-                return Ok(Relayed {
-                    status: resp.status(),
-                    bytes,
-                    upgraded: true,
-                    until_close: false,
-                    upstream_reusable: false,
-                });
-            }
-            ResponseKind::Final => {}
+            return Ok(Relayed {
+                status: resp.status(),
+                bytes,
+                upgraded: true,
+                until_close: false,
+                closing: false,
+                upstream_reusable: false,
+            });
         }
+        let closing = *drain.borrow();
+        if closing {
+            // Before the blank line that ends the head. Rare (shutdown only): the copy is fine.
+            let rest = buf.split_off(len - 2);
+            buf.extend_from_slice(b"connection: close\r\n");
+            buf.unsplit(rest);
+            len += b"connection: close\r\n".len();
+        }
+        bytes += len as u64;
+        // The head is written with the body's first bytes, or alone before any further read,
+        // so an upstream failing from here on always finds the head relayed.
         let framing = http::response_body(method, &resp);
         let body = match framing {
-            ResponseBody::None => Ok(0),
-            ResponseBody::Length(n) => copy_exact(upstream, buf, client, n, idle).await.map(|()| n),
-            ResponseBody::Chunked => relay_chunked(upstream, buf, client, limits, idle).await,
-            ResponseBody::UntilClose => relay_until_close(upstream, buf, client).await,
+            ResponseBody::None => write_out(client, buf, len).await.map(|()| 0),
+            ResponseBody::Length(n) => {
+                let first = n.min((buf.len() - len) as u64);
+                match write_out(client, buf, len + first as usize).await {
+                    Ok(()) => copy_exact(upstream, buf, client, n - first, idle)
+                        .await
+                        .map(|()| n),
+                    Err(e) => Err(e),
+                }
+            }
+            ResponseBody::Chunked => relay_chunked(upstream, buf, len, client, limits, idle).await,
+            ResponseBody::UntilClose => relay_until_close(upstream, buf, len, client).await,
         };
         let body = body.map_err(|e| broken(e, true))?;
         let until_close = framing == ResponseBody::UntilClose;
@@ -1081,15 +1190,30 @@ where
             bytes: bytes + body,
             upgraded: false,
             until_close,
+            closing,
             upstream_reusable: resp.keep_alive() && !until_close,
         });
     }
 }
 
-/// Relay a chunked response body as received, finding its end with a decoder.
+/// Write the first `len` bytes of `buf` to `client` and drop them from `buf`.
+async fn write_out<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    buf: &mut BytesMut,
+    len: usize,
+) -> Result<(), Broken> {
+    client.write_all(&buf[..len]).await.map_err(Broken::Write)?;
+    buf.advance(len);
+    Ok(())
+}
+
+/// Relay a chunked response body as received, finding its end with a decoder. The first
+/// `head` bytes of `buf` (the response head) go out with the first part of the body. Returns
+/// the body's bytes.
 async fn relay_chunked<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
+    mut head: usize,
     client: &mut W,
     limits: &http::Limits,
     idle: Duration,
@@ -1101,43 +1225,41 @@ where
     let mut decoder = ChunkedDecoder::new(limits);
     let mut total = 0u64;
     loop {
-        if buf.is_empty() {
+        if buf.len() == head {
+            write_out(client, buf, head).await?;
+            head = 0;
             fill(upstream, buf, idle).await?;
         }
-        let consumed = match decoder
-            .decode(buf)
+        let (consumed, end) = match decoder
+            .decode(&buf[head..])
             .map_err(|e| Broken::Framing(e.to_string()))?
         {
-            Decoded::Data(range) => range.end,
-            Decoded::NeedMore => buf.len(),
-            Decoded::End { consumed } => {
-                client
-                    .write_all(&buf[..consumed])
-                    .await
-                    .map_err(Broken::Write)?;
-                buf.advance(consumed);
-                return Ok(total + consumed as u64);
-            }
+            Decoded::Data(range) => (range.end, false),
+            Decoded::NeedMore => (buf.len() - head, false),
+            Decoded::End { consumed } => (consumed, true),
         };
-        client
-            .write_all(&buf[..consumed])
-            .await
-            .map_err(Broken::Write)?;
-        buf.advance(consumed);
+        write_out(client, buf, head + consumed).await?;
+        head = 0;
         total += consumed as u64;
+        if end {
+            return Ok(total);
+        }
     }
 }
 
+/// Relay a body that ends when the upstream closes, after the first `head` bytes of `buf`
+/// (the response head). Returns the body's bytes.
 async fn relay_until_close<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
+    head: usize,
     client: &mut W,
 ) -> Result<u64, Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut total = buf.len() as u64;
+    let mut total = (buf.len() - head) as u64;
     client.write_all(buf).await.map_err(Broken::Write)?;
     buf.clear();
     loop {
@@ -1149,6 +1271,20 @@ where
         total += n as u64;
         buf.clear();
     }
+}
+
+/// End a connection the drain closes: FIN first, then read and discard until the client closes
+/// too (bounded by [`LINGER`]), so a request it sent meanwhile meets an orderly close, not an
+/// RST, and the client retries it elsewhere.
+async fn close_gracefully(mut client: TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        while let Ok(1..) = client.read(&mut sink).await {}
+    })
+    .await;
 }
 
 /// After 101 Switching Protocols: pass what is buffered on, then relay raw bytes both ways.

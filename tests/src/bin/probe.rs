@@ -18,6 +18,15 @@
 //! - `probe get-loop ADDR PATH SECONDS`: sequential `GET PATH` requests on one keep-alive
 //!   connection (reconnecting if the server closes) for SECONDS; reports the count of each
 //!   status and of failed exchanges.
+//! - `probe keepalive ADDR PATH1 PATH2`: a well-behaved keep-alive client (RFC 9112 §9.3.1):
+//!   `GET PATH1`, print `{"first": STATUS, ...}` as a line, wait for a line on stdin, then
+//!   `GET PATH2` on the same connection — unless the server closed it while idle (reported as
+//!   `idle_end`: `fin` or `reset`), or it closes before any response byte, in which case the
+//!   request is retried once on a new connection. Prints `{"second": STATUS, "retried": ..}`.
+//! - `probe load ADDR ALLOWED DENIED SECONDS`: a mix for soak runs: every 4th request asks
+//!   for DENIED, the rest ALLOWED; every 8th closes its connection (`connection: close`), the
+//!   rest keep it alive. Reports counts of allowed and denied outcomes, of failures, and of
+//!   requests retried because a reused connection closed before any response byte.
 //! - `probe hold ADDR PATH COUNT`: open COUNT connections one after the other, `GET PATH` on
 //!   each and keep those that were answered open; report the count of each outcome (a status,
 //!   `reset`, `closed`), then hold the connections until stdin reaches EOF.
@@ -52,6 +61,8 @@ fn main() {
         "stream" => stream(addr, num(2)),
         "send" => send(addr, args.get(2).is_some_and(|a| a == "--hold")),
         "get-loop" => get_loop(addr, arg(2), num(3)),
+        "keepalive" => keepalive(addr, arg(2), arg(3)),
+        "load" => load(addr, arg(2), arg(3), num(4)),
         "hold" => hold(addr, arg(2), num(3)),
         "paced" => paced(addr, arg(2), num(3), num(4)),
         "flood" => flood(addr, arg(2), num(3), num(4), num(5) as usize),
@@ -64,7 +75,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|hold|paced|flood|syn-burst|pipeline ADDR ARGS..."
+        "usage: probe echo|connect-rate|pingpong|stream|send|get-loop|keepalive|load|hold|paced|flood|syn-burst|pipeline ADDR ARGS..."
     );
     std::process::exit(2)
 }
@@ -559,4 +570,191 @@ fn syn_burst(addr: SocketAddr, count: u64, hold_ms: u64) -> serde_json::Value {
     thread::sleep(Duration::from_millis(hold_ms));
     drop(sockets);
     json!({ "connected": connected, "in_progress": in_progress, "refused": refused, "failed": failed })
+}
+
+/// Send `GET path` on `conn` and read the response (a `content-length` body). `Ok(None)`: the
+/// connection closed or reset before any response byte, so the request may be retried.
+fn get_once(
+    conn: &mut BufReader<TcpStream>,
+    path: &str,
+    close: bool,
+) -> io::Result<Option<(u16, bool)>> {
+    let connection = if close { "connection: close\r\n" } else { "" };
+    // One write: `write!` on the socket would send each piece as its own small segment, and
+    // Nagle would hold the later ones for a delayed ACK.
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n{connection}\r\n");
+    let sent = conn.get_mut().write_all(request.as_bytes());
+    let retryable = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )
+    };
+    match sent {
+        Err(e) if retryable(&e) => return Ok(None),
+        other => other?,
+    }
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut line = Vec::new();
+        match conn.read_until(b'\n', &mut line) {
+            Ok(0) if head.is_empty() => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if head.is_empty() && retryable(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        head.extend_from_slice(&line);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&head)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let closes = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    Ok(Some((resp.code.unwrap_or(0), closes)))
+}
+
+fn connect_http(addr: SocketAddr) -> io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(BufReader::new(s))
+}
+
+/// How an idle connection stands: `open`, or closed by the server with `fin` or `reset`.
+fn idle_state(conn: &BufReader<TcpStream>) -> &'static str {
+    let s = conn.get_ref();
+    let _ = s.set_nonblocking(true);
+    let mut byte = [0u8; 1];
+    let state = match s.peek(&mut byte) {
+        Ok(0) => "fin",
+        Ok(_) => "unsolicited bytes",
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => "open",
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
+        Err(_) => "error",
+    };
+    let _ = s.set_nonblocking(false);
+    state
+}
+
+fn keepalive(addr: SocketAddr, first: &str, second: &str) -> serde_json::Value {
+    let fail = |what: &str, e: io::Error| -> serde_json::Value {
+        json!({ "pid": std::process::id(), "error": format!("{what}: {e}") })
+    };
+    let mut conn = match connect_http(addr) {
+        Ok(c) => c,
+        Err(e) => return fail("connect", e),
+    };
+    let status = match get_once(&mut conn, first, false) {
+        Ok(Some((status, _))) => status,
+        Ok(None) => return fail("first", io::ErrorKind::ConnectionAborted.into()),
+        Err(e) => return fail("first", e),
+    };
+    let local = conn.get_ref().local_addr().map(|a| a.to_string()).ok();
+    println!(
+        "{}",
+        json!({ "pid": std::process::id(), "first": status, "local": local })
+    );
+    let _ = io::stdout().flush();
+    let mut go = String::new();
+    let _ = io::stdin().read_line(&mut go);
+    let idle_end = idle_state(&conn);
+    let mut retried = false;
+    let result = (|| -> io::Result<u16> {
+        if idle_end == "open"
+            && let Some((status, _)) = get_once(&mut conn, second, false)?
+        {
+            return Ok(status);
+        }
+        // Closed while idle, or before any response byte: a fresh connection, once.
+        retried = true;
+        let mut fresh = connect_http(addr)?;
+        match get_once(&mut fresh, second, false)? {
+            Some((status, _)) => Ok(status),
+            None => Err(io::ErrorKind::ConnectionAborted.into()),
+        }
+    })();
+    match result {
+        Ok(status) => json!({ "second": status, "retried": retried, "idle_end": idle_end }),
+        Err(e) => {
+            json!({ "error": format!("second: {e}"), "retried": retried, "idle_end": idle_end })
+        }
+    }
+}
+
+fn load(addr: SocketAddr, allowed: &str, denied: &str, seconds: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    let (mut allowed_ok, mut allowed_failed, mut denied_ok, mut denied_failed) = (0u64, 0, 0, 0);
+    let mut retried = 0u64;
+    let mut errors = Vec::new();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let deny = n.is_multiple_of(4);
+        let close = n % 8 == 1;
+        let path = if deny { denied } else { allowed };
+        let result = (|| -> io::Result<(u16, bool)> {
+            let reused = conn.is_some();
+            if conn.is_none() {
+                conn = Some(connect_http(addr)?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            match get_once(c, path, close)? {
+                Some(answer) => Ok(answer),
+                // A reused connection the server closed between requests: retry once.
+                None if reused => {
+                    retried += 1;
+                    let c = conn.insert(connect_http(addr)?);
+                    get_once(c, path, close)?.ok_or(io::ErrorKind::ConnectionAborted.into())
+                }
+                None => Err(io::ErrorKind::ConnectionAborted.into()),
+            }
+        })();
+        match result {
+            Ok((status, closes)) => {
+                *statuses.entry(status.to_string()).or_default() += 1;
+                match (deny, status) {
+                    (false, 200) => allowed_ok += 1,
+                    (true, 403) => denied_ok += 1,
+                    (false, _) => allowed_failed += 1,
+                    (true, _) => denied_failed += 1,
+                }
+                if closes || close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                if deny {
+                    denied_failed += 1;
+                } else {
+                    allowed_failed += 1;
+                }
+                if errors.len() < 5 {
+                    errors.push(format!("{path}: {e}"));
+                }
+                conn = None;
+            }
+        }
+    }
+    json!({
+        "statuses": statuses,
+        "allowed_ok": allowed_ok,
+        "allowed_failed": allowed_failed,
+        "denied_ok": denied_ok,
+        "denied_failed": denied_failed,
+        "retried": retried,
+        "errors": errors,
+    })
 }

@@ -327,7 +327,7 @@ fn settings_defaults_and_values() {
 settings:
   mode: audit
   limits: {maxHeaders: 50, headTimeout: 500ms, idleTimeout: 2m}
-  audit: {file: /var/log/enforcer/audit.jsonl, keep: 2}
+  audit: {file: /var/log/enforcer/audit.jsonl, keep: 2, format: ocsf}
 services:
   api: {endpoints: [\"10.0.0.1:80\"]}
 ",
@@ -348,8 +348,15 @@ services:
                 keep: 2,
             },
             anomalies: Anomalies::default(),
+            audit_format: AuditFormat::Ocsf,
         }
     );
+    // A format alone keeps stdout.
+    let p = policy(
+        "version: 1\nsettings:\n  audit: {format: ocsf}\nservices:\n  api: {endpoints: [\"10.0.0.1:80\"]}\n",
+    );
+    assert_eq!(p.settings.audit, AuditSink::Stdout);
+    assert_eq!(p.settings.audit_format, AuditFormat::Ocsf);
 }
 
 #[test]
