@@ -842,8 +842,10 @@ async fn exchange(
             req.method(),
             http_limits,
             idle,
-            &responding,
-            drain,
+            RelayState {
+                responding: &responding,
+                drain,
+            },
         );
         // The response timeout runs from the end of the request: a slow upload is bounded
         // by the idle timeout instead.
@@ -1100,10 +1102,18 @@ struct RelayError {
     upstream: Option<UpstreamError>,
 }
 
+/// What the response relay tells, and is told, while it runs.
+struct RelayState<'a> {
+    /// Set while a head is being relayed, and for good from the final one on: the agent can
+    /// no longer answer 504 itself.
+    responding: &'a AtomicBool,
+    /// `true` once the agent drains.
+    drain: &'a watch::Receiver<bool>,
+}
+
 /// Relay interim responses and the final one (head as received, body per its framing). The
 /// final head leaves with the part of the body already read, in one write; while the agent
-/// drains, it gains `connection: close`. `responding` is set while a head is being relayed,
-/// and for good from the final one on.
+/// drains, it gains `connection: close`.
 async fn relay_response<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
@@ -1111,8 +1121,7 @@ async fn relay_response<R, W>(
     method: &Method,
     limits: &http::Limits,
     idle: Duration,
-    responding: &AtomicBool,
-    drain: &watch::Receiver<bool>,
+    state: RelayState<'_>,
 ) -> Result<Relayed, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -1137,7 +1146,7 @@ where
         };
         let kind = resp.kind();
         // A head half-written cannot be followed by the agent's own 504.
-        responding.store(true, Relaxed);
+        state.responding.store(true, Relaxed);
         if kind != ResponseKind::Final {
             write_out(client, buf, len)
                 .await
@@ -1145,7 +1154,7 @@ where
             bytes += len as u64;
             relayed_any = true;
             if kind == ResponseKind::Interim {
-                responding.store(false, Relaxed);
+                state.responding.store(false, Relaxed);
                 continue;
             }
             return Ok(Relayed {
@@ -1157,7 +1166,7 @@ where
                 upstream_reusable: false,
             });
         }
-        let closing = *drain.borrow();
+        let closing = *state.drain.borrow();
         if closing {
             // Before the blank line that ends the head. Rare (shutdown only): the copy is fine.
             let rest = buf.split_off(len - 2);
