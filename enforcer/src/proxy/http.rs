@@ -751,6 +751,10 @@ async fn exchange(
         let mut sent = None;
         loop {
             tokio::select! {
+                // The body first: a response that is ready in the same poll as the body's end
+                // (at once, for a request without a body) must not count as one answered
+                // before the body was read, which closes the client's keep-alive connection.
+                biased;
                 r = &mut body, if sent.is_none() => match r {
                     Ok(n) => {
                         sent = Some(n);
@@ -1098,3 +1102,6 @@ async fn tunnel(client: &mut TcpStream, cbuf: &mut BytesMut, up: &mut Upstream) 
         debug!(error = %e, "tunnel ended");
     }
 }
+
+#[cfg(test)]
+mod tests;
