@@ -78,10 +78,12 @@ fn send(cgroup: &Cgroup, to: SocketAddr, bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// The audit records written so far (the agent writes each line whole).
+/// The audit records written so far. The agent's buffered writes may split a line: one
+/// without its newline yet is still being written.
 fn records(audit: &Path) -> Vec<Value> {
-    fs::read_to_string(audit)
-        .unwrap_or_default()
+    let text = fs::read_to_string(audit).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
