@@ -186,7 +186,8 @@ impl Relay {
         client: TcpStream,
         peer: SocketAddr,
         meta: ConnMeta,
-        _permit: ConnPermit,
+        // Held until the connection ends, or given back before it is refused.
+        permit: ConnPermit,
         drain: watch::Receiver<bool>,
     ) {
         let dst = redirect::original_destination(&meta);
@@ -208,7 +209,8 @@ impl Relay {
                 let ids = policy.classify(&identity);
                 let limits = self.limiter.identity(&policy, ids.shared_names().first());
                 let Some(_identity_permit) = limits.admit() else {
-                    return self.refuse_connection(client, peer, &policy, &meta, &identity, &ids);
+                    return self
+                        .refuse_connection(client, permit, peer, &policy, &meta, &identity, &ids);
                 };
                 log_connection(&identity, peer, dst, service, None);
                 let conn = http::Conn {
@@ -222,7 +224,7 @@ impl Relay {
                 http::serve(&self, conn, client, drain).await;
             }
             Protocol::Tcp => {
-                self.relay_tcp(client, peer, &meta, &policy, service, identity)
+                self.relay_tcp(client, permit, peer, &meta, &policy, service, identity)
                     .await;
                 // Held to here: the drain waits for the stream (up to its bound).
                 drop(drain);
@@ -230,16 +232,24 @@ impl Relay {
         }
     }
 
-    /// Reset a connection over its identity's connection limit, and record why.
+    /// Reset a connection over its identity's connection limit, and record why. Its place
+    /// among all open connections is given back first: a client that sees the reset and
+    /// connects again at once must not be refused for a connection that is already gone.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the refused connection's parts, each needed for its record"
+    )]
     fn refuse_connection(
         &self,
         client: TcpStream,
+        permit: ConnPermit,
         peer: SocketAddr,
         policy: &Policy,
         meta: &ConnMeta,
         identity: &Identity,
         ids: &crate::policy::IdentitySet,
     ) {
+        drop(permit);
         reset(client);
         let who = ids.names().next().unwrap_or("unidentified");
         let max = policy.settings.limits.max_connections_per_identity;
@@ -265,9 +275,14 @@ impl Relay {
 
     /// Relay a byte stream to the original destination; the upstream connect overlaps the
     /// identity resolution.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the connection's parts, as `handle` took them apart"
+    )]
     async fn relay_tcp(
         &self,
         mut client: TcpStream,
+        permit: ConnPermit,
         peer: SocketAddr,
         meta: &ConnMeta,
         policy: &Policy,
@@ -287,7 +302,7 @@ impl Relay {
             if let Ok(Ok(upstream)) = upstream {
                 reset(upstream);
             }
-            return self.refuse_connection(client, peer, policy, meta, &identity, &ids);
+            return self.refuse_connection(client, permit, peer, policy, meta, &identity, &ids);
         };
         let mut upstream = match upstream {
             Ok(Ok(upstream)) => upstream,

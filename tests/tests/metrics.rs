@@ -691,7 +691,10 @@ fn cardinality_is_bounded_by_the_policy() {
         anomalies.len() <= 6 && anomalies.iter().all(|l| l.contains(r#"identity="probe""#)),
         "{anomalies:#?}"
     );
-    assert_eq!(series_count(&after), series_count(&before) + anomalies.len());
+    assert_eq!(
+        series_count(&after),
+        series_count(&before) + anomalies.len()
+    );
     for leak in ["/n1", "x-request-id", "r1000", "Bearer", "t1000"] {
         assert!(!after.contains(leak), "{leak:?} in\n{after}");
     }

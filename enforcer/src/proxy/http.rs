@@ -1308,3 +1308,6 @@ async fn tunnel(client: &mut TcpStream, cbuf: &mut BytesMut, up: &mut Upstream) 
         debug!(error = %e, "tunnel ended");
     }
 }
+
+#[cfg(test)]
+mod tests;
