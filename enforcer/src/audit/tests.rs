@@ -197,6 +197,7 @@ fn a_burst_of_records_leaves_in_a_few_batches() {
 
 /// The OCSF API Activity requirements, vendored from the schema.
 const OCSF_REQUIRED: &str = include_str!("tests/ocsf-api-activity.json");
+const OCSF_FINDING_REQUIRED: &str = include_str!("tests/ocsf-detection-finding.json");
 
 /// The value at `path` (`a.b.c`) in `v`.
 fn at<'v>(v: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
@@ -205,7 +206,12 @@ fn at<'v>(v: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value>
 
 /// Every violation of the vendored requirements by `event`.
 fn ocsf_violations(event: &serde_json::Value) -> Vec<String> {
-    let spec: serde_json::Value = serde_json::from_str(OCSF_REQUIRED).unwrap();
+    violations(OCSF_REQUIRED, event)
+}
+
+/// What `event` lacks or gets wrong against `spec`, a vendored list of one OCSF class's rules.
+fn violations(spec: &str, event: &serde_json::Value) -> Vec<String> {
+    let spec: serde_json::Value = serde_json::from_str(spec).unwrap();
     let mut bad = Vec::new();
     for name in spec["event"]["required"].as_array().unwrap() {
         let name = name.as_str().unwrap();
@@ -254,12 +260,13 @@ fn ocsf_violations(event: &serde_json::Value) -> Vec<String> {
         }
     }
     if event["class_uid"] != spec["class_uid"] || event["category_uid"] != spec["category_uid"] {
-        bad.push("not API Activity".into());
+        bad.push(format!("not class {}", spec["class_uid"]));
     }
     let activity = event["activity_id"].as_u64().unwrap_or(0);
     if spec["activity_id"].get(activity.to_string()).is_none() {
         bad.push(format!(
-            "activity_id {activity} is not an API Activity activity"
+            "activity_id {activity} is not one of class {}",
+            spec["class_uid"]
         ));
     }
     if event["type_uid"].as_u64() != Some(event["class_uid"].as_u64().unwrap_or(0) * 100 + activity)
@@ -424,4 +431,42 @@ fn ocsf_format_writes_one_event_per_line() {
     assert_eq!(events[1]["metadata"]["uid"], "req-2");
     assert!(events.iter().all(|e| ocsf_violations(e).is_empty()));
     fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn anomalies_are_ocsf_detection_findings_with_every_required_attribute() {
+    let anomaly = AnomalyRecord {
+        time: 1_700_000_000.5,
+        record: "anomaly",
+        kind: "token_reuse",
+        identity: "worker".into(),
+        observed: Measure::Text("reporter".into()),
+        threshold: None,
+        baseline: Some(Measure::Text("worker".into())),
+        window_s: None,
+        explanation: "a key first used by `worker` was presented by `reporter`".into(),
+        request_id: Some("0000000100000002".into()),
+        service: Some("api".into()),
+        endpoint: None,
+        fingerprint: Some("fp1".into()),
+        exe: None,
+    };
+    let event = serde_json::to_value(ocsf::DetectionFinding::from(&anomaly)).unwrap();
+    assert_eq!(
+        violations(OCSF_FINDING_REQUIRED, &event),
+        Vec::<String>::new(),
+        "{event:#}"
+    );
+    assert_eq!(event["class_uid"], 2004);
+    assert_eq!(event["type_uid"], 200401);
+    assert_eq!(event["time"], 1_700_000_000_500u64);
+    assert_eq!(event["finding_info"]["types"][0], "token_reuse");
+    assert_eq!(event["unmapped"]["identity"], "worker");
+    // A finding without `finding_info` is caught.
+    let mut broken = event.clone();
+    broken.as_object_mut().unwrap().remove("finding_info");
+    assert_eq!(
+        violations(OCSF_FINDING_REQUIRED, &broken),
+        ["missing required `finding_info`"]
+    );
 }
