@@ -14,8 +14,8 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, PATIENCE, cgroup_scoped_temp, enforcer_binary, privileged,
-    probe_binary, run_probe, send_raw, sha256_hex, wait_for,
+    Agent, Cgroup, HttpUpstream, PATIENCE, cgroup_scoped_temp, enforcer_binary, metric_value,
+    privileged, probe_binary, run_probe, send_raw, sha256_hex, wait_for,
 };
 use serde_json::Value;
 
@@ -107,18 +107,6 @@ fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
-}
-
-fn scrape(agent: &Agent) -> String {
-    let (status, body) = get(agent.metrics.expect("metrics endpoint"), "GET", "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of the series written exactly `series` (name and labels as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn series_count(text: &str) -> usize {
@@ -315,9 +303,9 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
     agent.wait_event("rejected reload", |e| e["event"] == "policy_rejected");
 
     let text = wait_for("the audit records to be written", || {
-        let text = scrape(&agent);
-        (value(&text, "enforcer_audit_records_dropped_total") == Some(0.0)
-            && value(&text, r#"enforcer_requests_total{decision="reject",identity="probe",rule="none",service="api"}"#).is_some())
+        let text = agent.scrape();
+        (metric_value(&text, "enforcer_audit_records_dropped_total") == Some(0.0)
+            && metric_value(&text, r#"enforcer_requests_total{decision="reject",identity="probe",rule="none",service="api"}"#).is_some())
         .then_some(text)
     });
     let expect = [
@@ -386,18 +374,22 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         ("enforcer_audit_records_dropped_total", 0.0),
     ];
     for (series, want) in expect {
-        assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        assert_eq!(
+            metric_value(&text, series),
+            Some(want),
+            "{series} in\n{text}"
+        );
     }
     let info = format!(
         r#"enforcer_policy_info{{hash="{good_hash}",source="{}",version="1"}}"#,
         file.display()
     );
-    assert_eq!(value(&text, &info), Some(1.0), "{info} in\n{text}");
+    assert_eq!(metric_value(&text, &info), Some(1.0), "{info} in\n{text}");
     let build = format!(
         r#"enforcer_build_info{{commit="unknown",version="{}"}}"#,
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(value(&text, &build), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, &build), Some(1.0), "{text}");
     // Every kernel counter, by the names the kernel crate gives them.
     for result in [
         "redirected",
@@ -408,7 +400,7 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         "no_listener",
     ] {
         let s = format!(r#"enforcer_kernel_connects_total{{result="{result}"}}"#);
-        assert!(value(&text, &s).is_some(), "no {s}");
+        assert!(metric_value(&text, &s).is_some(), "no {s}");
     }
     // No secret, path or pid leaks into a label.
     for leak in [
@@ -650,7 +642,7 @@ fn cardinality_is_bounded_by_the_policy() {
         assert_eq!(report["statuses"]["403"], denied, "{report}\n{}", log());
     };
     check(pipeline(&cgroup, u, &batch(0, 1_000)), 100, 900);
-    let before = scrape(&agent);
+    let before = agent.scrape();
 
     let started = Instant::now();
     let report = pipeline(&cgroup, u, &batch(1_000, 101_000));
@@ -658,16 +650,16 @@ fn cardinality_is_bounded_by_the_policy() {
     check(report, 10_000, 90_000);
     eprintln!("100 000 pipelined requests in {secs:.1} s");
 
-    let after = scrape(&agent);
+    let after = agent.scrape();
     assert_eq!(
-        value(
+        metric_value(
             &after,
             r#"enforcer_requests_total{decision="deny",identity="probe",rule="none",service="api"}"#
         ),
         Some(90_900.0)
     );
     assert_eq!(
-        value(
+        metric_value(
             &after,
             r#"enforcer_requests_total{decision="allow",identity="probe",rule="probe-reads",service="api"}"#
         ),
