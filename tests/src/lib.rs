@@ -86,6 +86,13 @@ pub fn sha256_hex(path: &Path) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The value of the series written exactly `series` (name and labels as exposed) in a
+/// Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Poll `f` until it returns `Some`, or panic after [`PATIENCE`] naming `what`.
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
@@ -348,6 +355,20 @@ impl Agent {
     /// The policy file the agent runs on; tests rewrite it to reload.
     pub fn policy_file(&self) -> &Path {
         &self.policy_file
+    }
+
+    /// The agent's `/metrics` exposition; panics unless it answers 200.
+    pub fn scrape(&self) -> String {
+        let addr = self.metrics.expect("the agent serves metrics");
+        let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{text}");
+        body.to_owned()
     }
 
     /// Every log event so far.

@@ -1,6 +1,7 @@
 //! Anomaly detection through the real redirect: each kind provoked by real clients (a burst,
 //! failed keys, denied calls, a new endpoint, a key from a second identity, a replaced binary),
-//! seen as a warn event and as exactly one audit record per episode.
+//! seen as a warn event, as exactly one audit record per episode, and in the agent's
+//! `enforcer_anomalies_total` counter.
 
 use std::{
     fs,
@@ -12,8 +13,8 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, send_raw_with,
-    sha256_hex, wait_for,
+    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, metric_value, privileged, probe_binary,
+    send_raw_with, sha256_hex, wait_for,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -119,8 +120,9 @@ impl Setup {
         );
     }
 
-    /// Wait for the `anomaly` warn event of `kind` for `identity`, then for its audit record;
-    /// return the record. (Once the agent serves `/metrics`, the counter is checked here too.)
+    /// Wait for the `anomaly` warn event of `kind` for `identity`, then for its audit record
+    /// and for `enforcer_anomalies_total` to count it (the same tick writes both, but a scrape
+    /// may land before it); return the record.
     fn expect_anomaly(&mut self, kind: &str, identity: &str) -> Value {
         let event = self
             .agent
@@ -134,11 +136,17 @@ impl Setup {
                 .is_some_and(|x| x.contains(identity)),
             "{event}"
         );
-        wait_for(&format!("the {kind} audit record"), || {
+        let record = wait_for(&format!("the {kind} audit record"), || {
             anomalies(&self.audit)
                 .into_iter()
                 .find(|r| r["kind"] == kind && r["identity"] == identity)
-        })
+        });
+        // The exposition sorts labels by name.
+        let series = format!(r#"enforcer_anomalies_total{{identity="{identity}",kind="{kind}"}}"#);
+        wait_for(&format!("{series} to count it"), || {
+            metric_value(&self.agent.scrape(), &series).filter(|&n| n >= 1.0)
+        });
+        record
     }
 
     /// Stop the agent (flushing the audit trail) and return every anomaly record.

@@ -14,8 +14,8 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, PATIENCE, cgroup_scoped_temp, enforcer_binary, privileged,
-    probe_binary, run_probe, send_raw, sha256_hex, wait_for,
+    Agent, Cgroup, HttpUpstream, PATIENCE, cgroup_scoped_temp, enforcer_binary, metric_value,
+    privileged, probe_binary, run_probe, send_raw, sha256_hex, wait_for,
 };
 use serde_json::Value;
 
@@ -109,20 +109,12 @@ fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-fn scrape(agent: &Agent) -> String {
-    let (status, body) = get(agent.metrics.expect("metrics endpoint"), "GET", "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of the series written exactly `series` (name and labels as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
+/// The series, less the anomaly ones: those appear when a detector reports, labelled only by
+/// policy identity and kind.
 fn series_count(text: &str) -> usize {
-    text.lines().filter(|l| !l.starts_with('#')).count()
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("enforcer_anomalies_total{"))
+        .count()
 }
 
 /// Pipeline `requests` from a probe in `cgroup`; returns its report (`statuses`: the count
@@ -315,9 +307,9 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
     agent.wait_event("rejected reload", |e| e["event"] == "policy_rejected");
 
     let text = wait_for("the audit records to be written", || {
-        let text = scrape(&agent);
-        (value(&text, "enforcer_audit_records_dropped_total") == Some(0.0)
-            && value(&text, r#"enforcer_requests_total{decision="reject",identity="probe",rule="none",service="api"}"#).is_some())
+        let text = agent.scrape();
+        (metric_value(&text, "enforcer_audit_records_dropped_total") == Some(0.0)
+            && metric_value(&text, r#"enforcer_requests_total{decision="reject",identity="probe",rule="none",service="api"}"#).is_some())
         .then_some(text)
     });
     let expect = [
@@ -386,18 +378,22 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         ("enforcer_audit_records_dropped_total", 0.0),
     ];
     for (series, want) in expect {
-        assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        assert_eq!(
+            metric_value(&text, series),
+            Some(want),
+            "{series} in\n{text}"
+        );
     }
     let info = format!(
         r#"enforcer_policy_info{{hash="{good_hash}",source="{}",version="1"}}"#,
         file.display()
     );
-    assert_eq!(value(&text, &info), Some(1.0), "{info} in\n{text}");
+    assert_eq!(metric_value(&text, &info), Some(1.0), "{info} in\n{text}");
     let build = format!(
         r#"enforcer_build_info{{commit="unknown",version="{}"}}"#,
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(value(&text, &build), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, &build), Some(1.0), "{text}");
     // Every kernel counter, by the names the kernel crate gives them.
     for result in [
         "redirected",
@@ -408,7 +404,7 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         "no_listener",
     ] {
         let s = format!(r#"enforcer_kernel_connects_total{{result="{result}"}}"#);
-        assert!(value(&text, &s).is_some(), "no {s}");
+        assert!(metric_value(&text, &s).is_some(), "no {s}");
     }
     // No secret, path or pid leaks into a label.
     for leak in [
@@ -650,7 +646,7 @@ fn cardinality_is_bounded_by_the_policy() {
         assert_eq!(report["statuses"]["403"], denied, "{report}\n{}", log());
     };
     check(pipeline(&cgroup, u, &batch(0, 1_000)), 100, 900);
-    let before = scrape(&agent);
+    let before = agent.scrape();
 
     let started = Instant::now();
     let report = pipeline(&cgroup, u, &batch(1_000, 101_000));
@@ -658,16 +654,16 @@ fn cardinality_is_bounded_by_the_policy() {
     check(report, 10_000, 90_000);
     eprintln!("100 000 pipelined requests in {secs:.1} s");
 
-    let after = scrape(&agent);
+    let after = agent.scrape();
     assert_eq!(
-        value(
+        metric_value(
             &after,
             r#"enforcer_requests_total{decision="deny",identity="probe",rule="none",service="api"}"#
         ),
         Some(90_900.0)
     );
     assert_eq!(
-        value(
+        metric_value(
             &after,
             r#"enforcer_requests_total{decision="allow",identity="probe",rule="probe-reads",service="api"}"#
         ),
@@ -695,6 +691,16 @@ fn cardinality_is_bounded_by_the_policy() {
         series_count(&after),
         series_count(&before) + anomalies.len()
     );
+    // This flood is a request burst and a deny spike: counted under the policy identity.
+    for anomaly in after
+        .lines()
+        .filter(|l| l.starts_with("enforcer_anomalies_total{"))
+    {
+        assert!(
+            anomaly.starts_with(r#"enforcer_anomalies_total{identity="probe",kind=""#),
+            "{anomaly}"
+        );
+    }
     for leak in ["/n1", "x-request-id", "r1000", "Bearer", "t1000"] {
         assert!(!after.contains(leak), "{leak:?} in\n{after}");
     }

@@ -206,7 +206,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
     );
 
     let audit_path = dir.path.join("audit.jsonl");
-    let policy = policy_yaml(&wrk, nginx.addr, &rules, &audit_path);
+    let policy = policy_yaml(&wrk, nginx.addr, &rules, &audit_path, true);
     let cgroup = Cgroup::new();
     // The agent starts from this thread pinned to the server CPU, so tokio sizes its runtime
     // for one CPU (as under `taskset`), and is then moved there thread by thread.
@@ -340,7 +340,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
              {counters}"
         ));
     }
-    let metrics_cost = MetricsCost {
+    let monitoring_cost = MonitoringCost {
         bench: &bench,
         enforcer: &enforcer,
         dir: &dir.path,
@@ -403,7 +403,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
         println!("    {}", goal.line);
     }
     println!("    {}", audited.line());
-    println!("    {}", metrics_cost.line);
+    println!("    {}", monitoring_cost.line);
     if let Some(n) = haproxy_logged {
         println!("    HAProxy access log: {n} lines");
     }
@@ -451,7 +451,7 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
         "goals": goals.iter().map(|g| g.json.clone()).collect::<Vec<_>>(),
         "runs": runs,
         "audit": audited.to_json(),
-        "metrics_cost": metrics_cost.json,
+        "monitoring_cost": monitoring_cost.json,
         "haproxy_access_log_lines": haproxy_logged,
         "agent_counters": counters,
         "other_work_share_per_round": other,
@@ -464,17 +464,18 @@ pub fn run(args: &HttpArgs, root: &Path, busy: f64) -> anyhow::Result<Value> {
     }))
 }
 
-// === what metrics cost ===
+// === what metrics and anomaly detection cost ===
 
 /// `enforcer run` arguments that turn metrics off (no endpoint, no recording).
 const METRICS_OFF: &[&str] = &["--metrics-addr", "off"];
-/// The issue's bound on what metrics may cost in throughput.
-const METRICS_COST_LIMIT: f64 = 0.05;
+/// The issue's bound on what metrics and anomaly detection together may cost in throughput.
+const MONITORING_COST_LIMIT: f64 = 0.05;
 
 /// The agent with metrics (endpoint, recording, and a scrape every second, more often than
-/// Prometheus is usually set to) against one with metrics off: two agents on the server CPU,
-/// each on its own cgroup, loaded in turn with the same wrk run.
-struct MetricsCost<'a> {
+/// Prometheus is usually set to) and the default anomaly detectors, against one with metrics
+/// off and every detector disabled, on otherwise the same policy: two agents on the server
+/// CPU, each on its own cgroup, loaded in turn with the same wrk run.
+struct MonitoringCost<'a> {
     bench: &'a Bench<'a>,
     enforcer: &'a Path,
     dir: &'a Path,
@@ -483,25 +484,26 @@ struct MetricsCost<'a> {
     client_cpu: usize,
 }
 
-struct MetricsCostResult {
+struct MonitoringCostResult {
     line: String,
     json: Value,
 }
 
-impl MetricsCost<'_> {
-    fn measure(&self, rounds: u32, conns: u32, secs: u64) -> anyhow::Result<MetricsCostResult> {
-        let start = |name: &str, extra: &[&str]| -> anyhow::Result<(Cgroup, Agent)> {
+impl MonitoringCost<'_> {
+    fn measure(&self, rounds: u32, conns: u32, secs: u64) -> anyhow::Result<MonitoringCostResult> {
+        let start = |name: &str, on: bool| -> anyhow::Result<(Cgroup, Agent)> {
             let cgroup = Cgroup::new();
             let audit = self.dir.join(format!("audit-{name}.jsonl"));
-            let policy = policy_yaml(self.bench.wrk, self.bench.nginx, self.rules, &audit);
+            let policy = policy_yaml(self.bench.wrk, self.bench.nginx, self.rules, &audit, on);
+            let extra = if on { &[][..] } else { METRICS_OFF };
             pin(0, self.server_cpu).context("pin to --http-server-cpu")?;
             let agent = Agent::spawn(self.enforcer, &cgroup, &policy, extra);
             pin_process(agent.pid(), self.server_cpu).context("pin the agent")?;
             pin(0, self.client_cpu).context("pin to --http-client-cpu")?;
             Ok((cgroup, agent))
         };
-        let (on_cgroup, on) = start("metrics-on", &[])?;
-        let (off_cgroup, _off) = start("metrics-off", METRICS_OFF)?;
+        let (on_cgroup, on) = start("monitoring-on", true)?;
+        let (off_cgroup, _off) = start("monitoring-off", false)?;
         let endpoint = on
             .metrics
             .context("the agent with metrics has no endpoint")?;
@@ -518,8 +520,8 @@ impl MetricsCost<'_> {
         let mut scrapes = 0u64;
         for round in 0..rounds {
             // Alternate which goes first, so drift over time does not favour one.
-            for metrics_on in [round % 2 == 0, round % 2 == 1] {
-                if metrics_on {
+            for monitoring_on in [round % 2 == 0, round % 2 == 1] {
+                if monitoring_on {
                     let done = std::sync::atomic::AtomicBool::new(false);
                     let (result, n) = thread::scope(|scope| {
                         let scraper = scope.spawn(|| {
@@ -545,24 +547,26 @@ impl MetricsCost<'_> {
         }
         let (on_rps, off_rps) = (median(&with), median(&without));
         let cost = 1.0 - on_rps / off_rps;
-        let met = cost < METRICS_COST_LIMIT;
+        let met = cost < MONITORING_COST_LIMIT;
         let line = format!(
-            "metrics cost ({conns} conns, {rounds} interleaved rounds, {scrapes} scrapes at 1 s): \
-             with metrics {on_rps:.0} vs off {off_rps:.0} req/s, ratio {:.3}, cost {:.1}%: \
-             goal under {:.0}%: {}",
+            "metrics + anomaly detection cost ({conns} conns, {rounds} interleaved rounds, \
+             {scrapes} scrapes at 1 s): on {on_rps:.0} vs off {off_rps:.0} req/s, ratio {:.3}, \
+             cost {:.1}%: goal under {:.0}%: {}",
             on_rps / off_rps,
             cost * 100.0,
-            METRICS_COST_LIMIT * 100.0,
+            MONITORING_COST_LIMIT * 100.0,
             if met { "met" } else { "NOT met" }
         );
         eprintln!("{line}");
-        Ok(MetricsCostResult {
+        Ok(MonitoringCostResult {
             line,
             json: json!({
-                "with_metrics_rps": with, "metrics_off_rps": without,
-                "median": { "with_metrics": on_rps, "metrics_off": off_rps },
+                "on": "metrics (scraped every 1 s) and the default anomaly detectors",
+                "off": "--metrics-addr off and every anomaly detector disabled",
+                "on_rps": with, "off_rps": without,
+                "median": { "on": on_rps, "off": off_rps },
                 "ratio": on_rps / off_rps, "cost": cost, "scrapes": scrapes,
-                "limit": METRICS_COST_LIMIT, "met": met,
+                "limit": MONITORING_COST_LIMIT, "met": met,
             }),
         })
     }
@@ -603,12 +607,32 @@ fn rules(n: usize) -> Vec<Rule> {
     rules
 }
 
-fn policy_yaml(wrk: &Path, upstream: SocketAddr, rules: &[Rule], audit: &Path) -> String {
+/// The bench policy: `rules` for wrk to nginx, audited to `audit`, with the default anomaly
+/// detectors or, without `anomalies`, every one of them disabled.
+fn policy_yaml(
+    wrk: &Path,
+    upstream: SocketAddr,
+    rules: &[Rule],
+    audit: &Path,
+    anomalies: bool,
+) -> String {
+    let detectors = if anomalies {
+        ""
+    } else {
+        "  anomalies:\n    \
+             requestBurst: { enabled: false }\n    \
+             authFailureBurst: { enabled: false }\n    \
+             denySpike: { enabled: false }\n    \
+             newEndpoint: { enabled: false }\n    \
+             tokenReuse: { enabled: false }\n    \
+             binaryChanged: { enabled: false }\n"
+    };
     let mut y = format!(
         "version: 1\n\
          settings:\n  \
            # Records go to a file (not the agent's stdout); no rotation during the bench.\n  \
            audit: {{ file: \"{}\", maxBytes: 1099511627776 }}\n\
+         {detectors}\
          identities:\n  \
            wrk: {{ exe: \"{}\" }}\n\
          services:\n  \
