@@ -63,6 +63,22 @@ struct Metadata<'a> {
     log_name: &'static str,
 }
 
+impl<'a> Metadata<'a> {
+    /// This agent's metadata for an event about request `uid`.
+    fn new(uid: &'a str) -> Self {
+        Self {
+            version: SCHEMA_VERSION,
+            product: Product {
+                name: "enforcer",
+                vendor_name: "enforcer",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            uid,
+            log_name: "audit",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Product {
     name: &'static str,
@@ -304,16 +320,7 @@ impl<'a> From<&'a Record> for ApiActivity<'a> {
             disposition_id,
             disposition,
             message,
-            metadata: Metadata {
-                version: SCHEMA_VERSION,
-                product: Product {
-                    name: "enforcer",
-                    vendor_name: "enforcer",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
-                uid: &r.request_id,
-                log_name: "audit",
-            },
+            metadata: Metadata::new(&r.request_id),
             actor: Actor {
                 process: Process {
                     pid: c.tgid,
@@ -422,16 +429,7 @@ impl<'a> From<&'a super::AnomalyRecord> for DetectionFinding<'a> {
             severity_id: 3,
             severity: "Medium",
             message: &a.explanation,
-            metadata: Metadata {
-                version: SCHEMA_VERSION,
-                product: Product {
-                    name: "enforcer",
-                    vendor_name: "enforcer",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
-                uid: a.request_id.as_deref().unwrap_or(""),
-                log_name: "audit",
-            },
+            metadata: Metadata::new(a.request_id.as_deref().unwrap_or("")),
             finding_info: FindingInfo {
                 uid: format!("{}:{}:{time}", a.kind, a.identity),
                 title: format!("{} anomaly for identity {}", a.kind, a.identity),
