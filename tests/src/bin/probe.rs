@@ -325,10 +325,10 @@ fn get_loop(addr: SocketAddr, path: &str, seconds: u64) -> serde_json::Value {
                 conn = Some(BufReader::new(s));
             }
             let reader = conn.as_mut().expect("connected above");
-            write!(
-                reader.get_mut(),
-                "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n"
-            )?;
+            // One write: `write!` sends each formatted piece as its own segment, and Nagle then
+            // holds the later ones for the server's delayed ACK.
+            let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+            reader.get_mut().write_all(request.as_bytes())?;
             let mut head = Vec::new();
             while !head.ends_with(b"\r\n\r\n") {
                 let mut line = Vec::new();
