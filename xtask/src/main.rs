@@ -152,8 +152,6 @@ fn count(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Formatting and clippy, warnings denied, on the host crates and on the kernel crate (which
-/// only builds for the BPF target, with the pinned nightly).
 /// Run the agent until it exits, then uninstall it: a stopped agent leaves its programs
 /// attached and failing closed, which a developer's host should not be left in.
 fn run(policy: &str, args: &[String]) -> anyhow::Result<()> {
@@ -196,6 +194,8 @@ fn pin_path(args: &[String]) -> Option<String> {
         })
 }
 
+/// Formatting and clippy, warnings denied, on the host crates and on the kernel crate (which
+/// only builds for the BPF target, with the pinned nightly).
 fn lint() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
