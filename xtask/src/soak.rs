@@ -21,14 +21,14 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use enforcer_tests::{Cgroup, cgroup_scoped_temp};
+use enforcer_tests::{Cgroup, agent_pin_path, cgroup_scoped_temp};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -369,9 +369,12 @@ impl Drop for Client {
     }
 }
 
-/// The agent, logging to a file; SIGKILLed if dropped while running.
+/// The agent, logging to a file; SIGKILLed if dropped while running. Its programs stay
+/// pinned when it stops, so dropping it also uninstalls them.
 struct AgentProc {
     child: Option<Child>,
+    bin: PathBuf,
+    pin_path: PathBuf,
 }
 
 impl AgentProc {
@@ -383,13 +386,16 @@ impl AgentProc {
         log: &Path,
     ) -> anyhow::Result<Self> {
         let log_out = fs::File::create(log).context("create the agent log")?;
+        let pin_path = agent_pin_path(cgroup);
         let child = cgroup
             .command(bin)
             .args(["--log-format", "json", "run", "--policy"])
             .arg(policy)
             .arg("--cgroup")
             .arg(cgroup.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .arg("--pin-path")
+            .arg(&pin_path)
             .arg("--state-dir")
             .arg(dir.join("state"))
             .env("ENFORCER_LOG", "info,enforcer::proxy=warn")
@@ -398,7 +404,11 @@ impl AgentProc {
             .stderr(log_out)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        let mut agent = Self { child: Some(child) };
+        let mut agent = Self {
+            child: Some(child),
+            bin: bin.to_path_buf(),
+            pin_path,
+        };
         let deadline = Instant::now() + STARTUP;
         loop {
             if fs::read_to_string(log)
@@ -451,6 +461,17 @@ impl Drop for AgentProc {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        let removed = Command::new(&self.bin)
+            .arg("uninstall")
+            .arg("--pin-path")
+            .arg(&self.pin_path)
+            .output();
+        if !removed.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "soak: enforcer uninstall --pin-path {} failed: {removed:?}",
+                self.pin_path.display()
+            );
         }
     }
 }
