@@ -225,19 +225,11 @@ pub(super) async fn serve(
                     .map(|r| r.to_string())
                     .unwrap_or_default()
             ));
-            let draining = *drain.borrow();
-            too_many_requests(&mut client, wait, &mut record, started, draining).await;
-            relay.finish(record);
-            // The body is left unread: the connection cannot go on.
-            if req.body() != Body::None {
-                return close_unread(client).await;
-            }
-            if !req.keep_alive() {
+            let Some(kept) = rate_limited(relay, client, &req, record, wait, started, &drain).await
+            else {
                 return;
-            }
-            if draining {
-                return close_gracefully(client).await;
-            }
+            };
+            client = kept;
             continue;
         }
 
@@ -371,19 +363,11 @@ pub(super) async fn serve(
                 rule.id(),
                 rule_limits.rate.map(|r| r.to_string()).unwrap_or_default()
             ));
-            let draining = *drain.borrow();
-            too_many_requests(&mut client, wait, &mut record, started, draining).await;
-            relay.finish(record);
-            // The body is left unread: the connection cannot go on.
-            if req.body() != Body::None {
-                return close_unread(client).await;
-            }
-            if !req.keep_alive() {
+            let Some(kept) = rate_limited(relay, client, &req, record, wait, started, &drain).await
+            else {
                 return;
-            }
-            if draining {
-                return close_gracefully(client).await;
-            }
+            };
+            client = kept;
             continue;
         }
         if let (Some(max), Body::Length(len)) = (rule_limits.max_body_bytes, req.body())
@@ -629,6 +613,30 @@ async fn refuse(
         .map(|c| format!("www-authenticate: {c}\r\n"))
         .unwrap_or_default();
     answer(client, status, error, &challenge, record, started, closing).await;
+}
+
+/// Answer 429 and report it. The connection comes back if it can serve the next request:
+/// not when the body was left unread, the client asked to close, or the agent drains.
+async fn rate_limited(
+    relay: &Relay,
+    mut client: TcpStream,
+    req: &Request,
+    mut record: Record,
+    wait: Duration,
+    started: Instant,
+    drain: &watch::Receiver<bool>,
+) -> Option<TcpStream> {
+    let draining = *drain.borrow();
+    too_many_requests(&mut client, wait, &mut record, started, draining).await;
+    relay.finish(record);
+    if req.body() != Body::None {
+        close_unread(client).await;
+    } else if draining {
+        close_gracefully(client).await;
+    } else if req.keep_alive() {
+        return Some(client);
+    }
+    None
 }
 
 /// 429, with when to try again.
