@@ -331,6 +331,34 @@ impl Drop for Proc {
 }
 
 /// Run `cmd` to completion with its output captured; kill it and fail after `limit`.
+/// Run a release example on `cpu` (`name` is its file name, for messages) within `limit`, and
+/// return the JSON report it prints.
+fn run_example_report(
+    bin: &Path,
+    name: &str,
+    args: &[&str],
+    cpu: usize,
+    limit: Duration,
+) -> anyhow::Result<Value> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    pin_command(&mut cmd, cpu).with_context(|| format!("pin {name}"))?;
+    let out = run_bounded(name, &mut cmd, limit)?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): {}",
+        bin.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{name} output is not JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 fn run_bounded(name: &str, cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
     let mut proc = Proc::spawn(
         name,

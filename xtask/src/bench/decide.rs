@@ -6,9 +6,9 @@
 //! each `Policy::decide` call is timed alone over 200 passes of 1 000 varied requests, the
 //! clock's own cost subtracted. It runs pinned to the CPU the HTTP part gives the agent.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use serde_json::Value;
 
 /// The goal: p99 of one decision at 10 000 rules, in nanoseconds.
@@ -20,23 +20,7 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 pub fn run(root: &Path, cpu: usize) -> anyhow::Result<Value> {
     let bin = root.join("target/release/examples/decide_bench");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--json");
-    super::pin_command(&mut cmd, cpu).context("pin decide_bench")?;
-    let out = super::run_bounded("decide_bench", &mut cmd, LIMIT)?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}",
-        bin.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "decide_bench output is not JSON: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
+    let mut report = super::run_example_report(&bin, "decide_bench", &["--json"], cpu, LIMIT)?;
     let policies = report["policies"]
         .as_array()
         .context("decide_bench report without `policies`")?

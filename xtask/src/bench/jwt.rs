@@ -68,22 +68,7 @@ fn bench_bin(root: &Path) -> std::path::PathBuf {
 
 fn verify(root: &Path, cpu: usize) -> anyhow::Result<Value> {
     let bin = bench_bin(root);
-    let mut cmd = Command::new(&bin);
-    super::pin_command(&mut cmd, cpu).context("pin jwt_bench")?;
-    let out = super::run_bounded("jwt_bench", &mut cmd, LIMIT)?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}",
-        bin.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "jwt_bench output is not JSON: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
+    let mut report = super::run_example_report(&bin, "jwt_bench", &[], cpu, LIMIT)?;
     let ns = |alg: &str, mode: &str, field: &str| -> anyhow::Result<f64> {
         report["algorithms"][alg][mode][field]
             .as_f64()
