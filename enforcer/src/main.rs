@@ -121,7 +121,7 @@ struct RunArgs {
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// IPv4 loopback address the kernel redirects to. Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:15001")]
+    #[arg(long, default_value = "127.0.0.1:17001")]
     listen: SocketAddrV4,
     /// IPv6 listener. Default: [::1] on the IPv4 listener's port; without one, connects to
     /// protected IPv6 destinations are refused.

@@ -47,8 +47,8 @@ pub use self::{
 };
 
 /// Where the endpoint listens unless told otherwise: loopback only, since `/status` names the
-/// policy file and services; a port beside the proxy's 15001 that nothing common uses.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:15090";
+/// policy file and services; a port beside the proxy's 17001 (README, "Ports", says why).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:17090";
 
 /// Buckets of `enforcer_added_latency_seconds`: 50 µs (a decision on a warm connection) to 1 s
 /// (an upstream connect timing out), about three per decade.

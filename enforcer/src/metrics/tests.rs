@@ -222,7 +222,7 @@ fn endpoint_is_an_address_or_off() {
     assert_eq!("off".parse::<Endpoint>().unwrap(), Endpoint::Off);
     assert_eq!(
         DEFAULT_ADDR.parse::<Endpoint>().unwrap(),
-        Endpoint::At("127.0.0.1:15090".parse().unwrap())
+        Endpoint::At("127.0.0.1:17090".parse().unwrap())
     );
     assert_eq!(
         "localhost:9090"
@@ -250,7 +250,7 @@ fn status_renders_as_a_table() {
         agent: Some(status::AgentStatus {
             cgroup: "/sys/fs/cgroup/unified/app".into(),
             programs: vec!["enf_sockops".into(), "enf_connect4".into()],
-            listeners: vec!["127.0.0.1:15001".into()],
+            listeners: vec!["127.0.0.1:17001".into()],
             policy: status::PolicyStatus {
                 source: "/etc/enforcer/policy.yaml".into(),
                 version: 1,
