@@ -4,11 +4,13 @@
 pub mod anomaly;
 pub mod audit;
 pub mod binding;
+pub mod cli;
 pub mod credentials;
 pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

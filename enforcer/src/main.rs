@@ -1,16 +1,16 @@
 //! enforcer: host-level API traffic enforcer. See README.md and DESIGN.md.
 
 use std::{
-    io,
-    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    io::{self, IsTerminal as _},
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6},
     os::unix::fs::DirBuilderExt as _,
-    path::PathBuf,
+    path::Path,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser as _;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
@@ -22,10 +22,12 @@ use enforcer::{
     anomaly::{self, Detectors},
     audit::Audit,
     binding::{Bindings, MAX_BINDINGS},
+    cli::{Cli, Command, ExplainArgs, LogFormat, LogLevel, Output, RunArgs},
     credentials::Fingerprinter,
     identity::Resolver,
     limits::{self, Limiter},
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, status::AgentFile},
+    notify::{self, Notifier},
     policy::{self, Policy},
     proxy,
     proxy::{Drain, Relay, Stats},
@@ -33,136 +35,19 @@ use enforcer::{
     reload::{self, PolicyStore},
 };
 
-#[derive(Parser)]
-// A later flag overrides an earlier one: a wrapper can append its own `--listen`.
-#[command(
-    version,
-    about = "eBPF-based host-level API traffic enforcer",
-    args_override_self = true
-)]
-struct Cli {
-    /// Log format of the agent's own logs (stderr).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Redirect connects toward protected destinations through this agent.
-    Run(RunArgs),
-    /// Check a policy file; print every error as FILE:LINE:COLUMN: reason.
-    Check {
-        /// Policy file (YAML).
-        file: PathBuf,
-    },
-    /// Print what a policy decides for a request from a described process, and why.
-    Explain(ExplainArgs),
-    /// Detach and remove every program, link and map the agent pinned. Stopping the agent
-    /// leaves them attached (protected destinations then follow their `failMode`) so that a
-    /// restart opens no gap; this is how to remove the enforcer from a host.
-    Uninstall {
-        /// The agent's `--pin-path`.
-        #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-    },
-    /// Print a running agent's state: programs, policy, services, traffic (from its
-    /// metrics endpoint's /status).
-    Status {
-        /// The agent's --metrics-addr.
-        #[arg(long, default_value = metrics::DEFAULT_ADDR)]
-        metrics_addr: SocketAddr,
-    },
-}
-
-#[derive(clap::Args)]
-struct ExplainArgs {
-    /// Policy file (YAML).
-    #[arg(long)]
-    policy: PathBuf,
-    /// The calling executable (its SHA-256 is computed if it can be read).
-    #[arg(long)]
-    exe: Option<PathBuf>,
-    /// User name or uid (default: the user running this command).
-    #[arg(long)]
-    user: Option<String>,
-    /// Group name or gid (default: the user's primary group).
-    #[arg(long)]
-    group: Option<String>,
-    /// systemd unit the caller runs in.
-    #[arg(long)]
-    unit: Option<String>,
-    /// cgroup v2 path of the caller.
-    #[arg(long)]
-    cgroup: Option<String>,
-    /// Container id of the caller.
-    #[arg(long)]
-    container: Option<String>,
-    /// HTTP method.
-    method: String,
-    /// URL, e.g. http://payments.internal:8080/v1/invoices/42
-    url: String,
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Policy file (YAML).
-    #[arg(long)]
-    policy: PathBuf,
-    /// cgroup v2 directory whose processes (and descendants) are enforced.
-    /// Default: the cgroup v2 root, i.e. the whole host.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// IPv4 loopback address the kernel redirects to. Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:17001")]
-    listen: SocketAddrV4,
-    /// IPv6 listener. Default: [::1] on the IPv4 listener's port; without one, connects to
-    /// protected IPv6 destinations are refused.
-    #[arg(long)]
-    listen6: Option<SocketAddrV6>,
-    /// Deprecated: set `settings.limits.connectTimeout` in the policy. Seconds to wait for an
-    /// original destination to accept; given, it overrides the policy's value.
-    #[arg(long)]
-    connect_timeout: Option<f64>,
-    /// Seconds SIGTERM waits for requests in flight before exiting. Listeners close at once;
-    /// idle connections close at once; a request in flight finishes (its response says
-    /// `connection: close`). A second SIGTERM or SIGINT ends the wait.
-    #[arg(long, default_value_t = 10.0)]
-    drain_timeout: f64,
-    /// Where the agent keeps state that must outlive it: the per-host key that fingerprints
-    /// tokens in records (so a token's fingerprint is stable across restarts), and the
-    /// bind-on-first-use bindings.
-    #[arg(long, default_value = "/var/lib/enforcer")]
-    state_dir: PathBuf,
-    /// Directory on a BPF file system where programs' links and maps are pinned, so they
-    /// outlive the agent and a restarted agent adopts them. bpffs is mounted at /sys/fs/bpf if
-    /// nothing is. Agents enforcing different cgroups need different pin paths.
-    #[arg(long, default_value = redirect::DEFAULT_PIN_PATH)]
-    pin_path: PathBuf,
-
-    /// Where to serve /metrics (Prometheus), /healthz, /readyz and /status; `off` for no
-    /// endpoint and no metrics recording. Loopback by default: /status names the policy file
-    /// and services.
-    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
-    metrics_addr: metrics::Endpoint,
-}
-
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Check { file } => check(&file),
+        Command::Check { file, format } => check(&file, format),
         Command::Explain(args) => explain(args),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
-        Command::Status { metrics_addr } => status(metrics_addr),
+        Command::Status {
+            metrics_addr,
+            runtime_dir,
+            output,
+        } => status(metrics_addr, &runtime_dir, output),
     };
     if let Err(e) = result {
         eprintln!("enforcer: error: {e:#}");
@@ -170,11 +55,17 @@ fn main() {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `--log-level` wins over `ENFORCER_LOG`, which wins over `info`. Colours only on a terminal:
+/// journald and `kubectl logs` store what they get, escape codes included.
+fn init_logging(format: LogFormat, level: Option<LogLevel>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::new(level.as_str()),
+        None => EnvFilter::try_from_env("ENFORCER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -182,8 +73,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<()> {
-    match policy::check(file) {
+fn check(file: &Path, format: Output) -> anyhow::Result<()> {
+    let result = policy::check(file);
+    if let Output::Json = format {
+        return check_json(file, result);
+    }
+    match result {
         Ok(p) => {
             println!(
                 "{}: ok ({} services, {} rules)",
@@ -200,6 +95,39 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
             bail!("{} error(s) in {}", diagnostics.len(), file.display())
         }
     }
+}
+
+/// `check --format json`, documented in docs/policy.md ("Checking a policy").
+fn check_json(file: &Path, result: Result<Policy, Vec<policy::Diagnostic>>) -> anyhow::Result<()> {
+    let (services, rules, errors) = match &result {
+        Ok(p) => (Some(p.services.len()), Some(p.rules().len()), &[][..]),
+        Err(diagnostics) => (None, None, &diagnostics[..]),
+    };
+    let errors: Vec<_> = errors
+        .iter()
+        .map(|d| {
+            // Line 0: the file as a whole (it could not be read).
+            let at = |n: u64| (n > 0).then_some(n);
+            serde_json::json!({
+                "file": d.file.display().to_string(),
+                "line": at(d.line),
+                "column": at(d.column),
+                "message": d.message,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "file": file.display().to_string(),
+        "valid": result.is_ok(),
+        "services": services,
+        "rules": rules,
+        "errors": errors,
+    });
+    println!("{report}");
+    if !errors.is_empty() {
+        bail!("{} error(s) in {}", errors.len(), file.display());
+    }
+    Ok(())
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {
@@ -221,7 +149,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uninstall(pin_path: &std::path::Path) -> anyhow::Result<()> {
+fn uninstall(pin_path: &Path) -> anyhow::Result<()> {
     let removed = redirect::uninstall(pin_path)?;
     info!(
         event = "uninstalled",
@@ -233,14 +161,21 @@ fn uninstall(pin_path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(addr: SocketAddr) -> anyhow::Result<()> {
-    print!("{}", metrics::fetch_status(addr)?);
+fn status(addr: Option<SocketAddr>, runtime_dir: &Path, output: Output) -> anyhow::Result<()> {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => AgentFile::find(runtime_dir)?,
+    };
+    match output {
+        Output::Text => print!("{}", metrics::fetch_status(addr)?),
+        Output::Json => println!("{}", metrics::fetch_status_json(addr)?),
+    }
     Ok(())
 }
 
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let connect_timeout = match args.connect_timeout {
         None => None,
         Some(secs) if secs > 0.0 && secs.is_finite() => {
@@ -258,6 +193,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     let policy = Policy::load(&args.policy)?;
+    let (notifier, watchdog) = supervisor()?;
     // The endpoint is up first, so /healthz answers and /readyz says "not yet" while the
     // programs are attached.
     let (metrics, metrics_addr) = match args.metrics_addr {
@@ -373,7 +309,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // The listeners accept from here on: vouch for the agent, and keep vouching.
     redirect.beat().context("cannot write the heartbeat")?;
-    let heartbeat = tokio::spawn(heartbeat(redirect.clone()));
+    let heartbeat = tokio::spawn(heartbeat(redirect.clone(), watchdog));
     info!(
         event = "ready",
         cgroup = %redirect.cgroup().display(),
@@ -389,6 +325,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     if let Some(metrics) = &metrics {
         metrics.set_ready(true);
+    }
+    let _published = AgentFile::publish(&args.runtime_dir, metrics_addr)
+        .inspect_err(|e| {
+            let dir = args.runtime_dir.display();
+            warn!(error = %e, "cannot write {dir}/agent.json: `enforcer status` needs --metrics-addr")
+        })
+        .ok();
+    if let Some(n) = &notifier {
+        n.ready(&format!("enforcing {services} services"));
     }
 
     let mut heartbeat = heartbeat;
@@ -415,6 +360,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(metrics) = &metrics {
         metrics.set_ready(false);
+    }
+    if let Some(n) = &notifier {
+        n.stopping("draining");
     }
     // Closing the listeners stops accepting: until the programs detach, new connects are
     // refused, not let through.
@@ -478,17 +426,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The service manager's notifier (`NOTIFY_SOCKET`), and the watchdog's keep-alive interval
+/// with it (`WATCHDOG_USEC`, `WATCHDOG_PID`); both `None` outside systemd's `Type=notify`.
+type Watchdog = Option<(Arc<Notifier>, Duration)>;
+
+fn supervisor() -> anyhow::Result<(Option<Arc<Notifier>>, Watchdog)> {
+    let var = |name| std::env::var(name).ok();
+    let socket = std::env::var_os("NOTIFY_SOCKET");
+    let notifier = Notifier::new(socket.as_deref())?.map(Arc::new);
+    let every = notify::watchdog_interval(
+        var("WATCHDOG_USEC").as_deref(),
+        var("WATCHDOG_PID").as_deref(),
+        std::process::id(),
+    )?;
+    let watchdog = notifier.clone().zip(every);
+    Ok((notifier, watchdog))
+}
+
 /// Refresh the heartbeat. Runs on the same runtime as the accept loops, so an agent too
 /// stuck to run it is also too stuck to serve, and counts as down. Returns the pid of an agent
 /// that took over the pin path.
-async fn heartbeat(redirect: Arc<Redirect>) -> u32 {
+///
+/// The systemd watchdog is fed here, after a heartbeat written, and nowhere else: a keep-alive
+/// then proves that the runtime schedules tasks and that the kernel still sees the agent as up.
+/// A thread of its own would keep feeding an agent whose runtime is wedged (and whose
+/// connects fail over); a task of its own would keep feeding one whose heartbeat fails.
+async fn heartbeat(redirect: Arc<Redirect>, watchdog: Watchdog) -> u32 {
     let mut tick =
         tokio::time::interval(Duration::from_nanos(enforcer_common::HEARTBEAT_INTERVAL_NS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fed: Option<Instant> = None;
     loop {
         tick.tick().await;
         match redirect.beat() {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some((notifier, every)) = &watchdog
+                    && fed.is_none_or(|at| at.elapsed() >= *every)
+                {
+                    notifier.watchdog();
+                    fed = Some(Instant::now());
+                }
+            }
             Err(redirect::Error::TakenOver { pid }) => return pid,
             Err(e) => {
                 warn!(error = %e, "heartbeat not written: connects fail over to their fail mode")

@@ -43,7 +43,7 @@ use crate::{
 
 pub use self::{
     server::serve,
-    status::{Status, fetch_status},
+    status::{Status, fetch_status, fetch_status_json},
 };
 
 /// Where the endpoint listens unless told otherwise: loopback only, since `/status` names the

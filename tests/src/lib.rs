@@ -301,6 +301,9 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&state_dir)
+            // Its `agent.json` too: not the host's /run/enforcer.
+            .arg("--runtime-dir")
+            .arg(cgroup_scoped_temp(cgroup, "run"))
             .args(pin_arg.is_none().then_some("--pin-path"))
             .args(pin_arg.is_none().then_some(&pin_path))
             .args(metrics_args)

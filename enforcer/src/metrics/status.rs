@@ -3,9 +3,10 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
+    fmt, fs,
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
     sync::atomic::Ordering::Relaxed,
     time::Duration,
 };
@@ -187,9 +188,112 @@ fn destination(d: &Destination) -> String {
     }
 }
 
+/// Where `enforcer run` writes [`AgentFile`] and `enforcer status` looks for it, unless
+/// `--runtime-dir` (or systemd's `RUNTIME_DIRECTORY`, which `RuntimeDirectory=enforcer` sets to
+/// this same path) says otherwise.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/enforcer";
+
+/// `agent.json` in the runtime directory: which agent runs and where its endpoint is bound.
+///
+/// It is how `enforcer status` finds the agent without a flag, where the agent binds a pod IP
+/// or port 0. A file written after the bind names exactly the bound address; reading the
+/// enforcer's listening sockets from /proc instead would need another process's descriptors
+/// (CAP_SYS_PTRACE), the right network namespace's /proc/net/tcp{,6}, and a guess at which of
+/// its listeners (proxy or metrics) is which.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentFile {
+    pub pid: u32,
+    /// `None` with `--metrics-addr off`.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A published [`AgentFile`]; dropping it removes the file unless another agent has replaced
+/// it meanwhile.
+pub struct Published {
+    path: PathBuf,
+}
+
+impl AgentFile {
+    const NAME: &str = "agent.json";
+
+    /// Write this process's file into `dir` (created if missing), atomically: a reader sees the
+    /// old file or the new one, never half of it.
+    pub fn publish(dir: &Path, metrics: Option<SocketAddr>) -> io::Result<Published> {
+        fs::create_dir_all(dir)?;
+        let file = AgentFile {
+            pid: std::process::id(),
+            metrics,
+        };
+        let path = dir.join(Self::NAME);
+        let partial = dir.join(format!(".{}.{}", Self::NAME, file.pid));
+        fs::write(
+            &partial,
+            serde_json::to_vec(&file).map_err(io::Error::other)?,
+        )?;
+        fs::rename(&partial, &path)?;
+        Ok(Published { path })
+    }
+
+    /// The metrics address of the agent that published into `dir`, if it still runs.
+    pub fn find(dir: &Path) -> Result<SocketAddr, FetchError> {
+        let path = dir.join(Self::NAME);
+        let text = fs::read(&path).map_err(|source| FetchError::NoAgent {
+            path: path.clone(),
+            source,
+        })?;
+        let file: AgentFile =
+            serde_json::from_slice(&text).map_err(|source| FetchError::AgentFile {
+                path: path.clone(),
+                source,
+            })?;
+        // A pid that crashed away may have been reused: the process must be an enforcer too.
+        let comm = |pid: &str| fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        let running = comm(&file.pid.to_string()).is_some_and(|c| Some(c) == comm("self"));
+        if !running {
+            return Err(FetchError::NotRunning {
+                path,
+                pid: file.pid,
+            });
+        }
+        file.metrics.ok_or(FetchError::MetricsOff { pid: file.pid })
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        let ours = fs::read(&self.path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<AgentFile>(&t).ok())
+            .is_some_and(|f| f.pid == std::process::id());
+        if ours {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Errors of `enforcer status`.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    #[error(
+        "no running agent found: cannot read {} (is `enforcer run` up, with this --runtime-dir? \
+         --metrics-addr names its endpoint directly)",
+        path.display()
+    )]
+    NoAgent {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not an agent file", path.display())]
+    AgentFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{} names agent pid {pid}, which no longer runs", path.display())]
+    NotRunning { path: PathBuf, pid: u32 },
+    #[error("agent pid {pid} runs with --metrics-addr off: it serves no status")]
+    MetricsOff { pid: u32 },
     #[error(
         "cannot reach the agent's metrics endpoint at {addr} (is `enforcer run` up, with this --metrics-addr?)"
     )]
@@ -219,6 +323,12 @@ pub enum FetchError {
 
 /// Fetch `/status` from a running agent (blocking; for the CLI).
 pub fn fetch_status(addr: SocketAddr) -> Result<Status, FetchError> {
+    let body = fetch_status_json(addr)?;
+    serde_json::from_str(&body).map_err(|source| FetchError::Json { addr, source })
+}
+
+/// `/status` from a running agent as it serves it (a JSON document).
+pub fn fetch_status_json(addr: SocketAddr) -> Result<String, FetchError> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|source| FetchError::Connect { addr, source })?;
@@ -238,7 +348,7 @@ pub fn fetch_status(addr: SocketAddr) -> Result<Status, FetchError> {
             status_line: status_line.into(),
         });
     }
-    serde_json::from_str(body).map_err(|source| FetchError::Json { addr, source })
+    Ok(body.to_owned())
 }
 
 // === impl Status ===
