@@ -243,6 +243,43 @@ fn systemd_unit_exposure_is_low() {
     assert!(score <= 3.0, "exposure {score} > 3.0:\n{report}");
 }
 
+/// The values of every `KEY=` line of the unit, in order.
+fn unit_values(key: &str) -> Vec<String> {
+    read(UNIT)
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn systemd_unit_starts_after_name_resolution_and_is_watched() {
+    let words = |key| -> BTreeSet<String> {
+        unit_values(key)
+            .iter()
+            .flat_map(|v| v.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    // ExecStartPre resolves the policy's host names.
+    for target in ["network-online.target", "nss-lookup.target"] {
+        assert!(words("After").contains(target), "After={target}");
+        assert!(words("Wants").contains(target), "Wants={target}");
+    }
+    assert_eq!(unit_values("Type"), ["notify"]);
+    assert_eq!(unit_values("NotifyAccess"), ["main"]);
+    assert_eq!(unit_values("Restart"), ["always"]);
+    let watchdog = unit_values("WatchdogSec");
+    let secs: u64 = watchdog[0].strip_suffix('s').unwrap().parse().unwrap();
+    // The agent feeds it from its heartbeat task, every half interval.
+    assert!(secs >= 2, "WatchdogSec={secs}s");
+    // systemd sets RUNTIME_DIRECTORY, which the agent and `enforcer status` read.
+    assert_eq!(unit_values("RuntimeDirectory"), ["enforcer"]);
+    assert_eq!(
+        Path::new(enforcer::metrics::status::DEFAULT_RUNTIME_DIR),
+        Path::new("/run/enforcer")
+    );
+}
+
 /// The unit's `CapabilityBoundingSet=`.
 fn unit_capabilities() -> BTreeSet<String> {
     let unit = read(UNIT);
@@ -806,6 +843,23 @@ fn daemonset_service_and_monitor_are_wired_together() {
         .as_str()
         .unwrap();
     assert!(arg(&args, "pin-path").starts_with(&format!("{bpffs}/")));
+    // `kubectl exec ds/enforcer -- enforcer status` reads agent.json from the default runtime
+    // directory, which must be writable under a read-only root file system.
+    assert!(!args.iter().any(|a| a.starts_with("--runtime-dir")));
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let run = mount_path(container, "run");
+    assert_eq!(
+        run["mountPath"],
+        enforcer::metrics::status::DEFAULT_RUNTIME_DIR
+    );
+    assert!(run.get("readOnly").is_none_or(|r| r == false));
+    let run_volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "run")
+        .unwrap();
+    assert!(run_volume["emptyDir"].is_object(), "{run_volume}");
 
     // Health and metrics: on the pod IP (the node's, with hostNetwork), on the named port that
     // probes, annotations, Service and ServiceMonitor all use.
@@ -1251,6 +1305,31 @@ fn dockerfile_pins_the_repository_toolchains_and_copies_existing_files() {
     assert_eq!(copied, 3, "rust-toolchain.toml, the workspace, the policy");
     assert!(dockerfile.contains("COPY --from=build /out/enforcer /usr/local/bin/enforcer"));
     assert!(dockerfile.contains("install -D -m 0755 target/release/enforcer /out/enforcer"));
+    // The commit reaches the build (no .git in the context) and the labels.
+    assert!(dockerfile.contains("ENFORCER_COMMIT=\"${ENFORCER_COMMIT}\" cargo build"));
+    let runtime = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap();
+    let version = read("enforcer/Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap();
+    assert!(runtime.contains(&format!("ARG VERSION={version}\n")));
+    for (label, value) in [
+        ("title", "\"enforcer\""),
+        ("version", "\"${VERSION}\""),
+        ("revision", "\"${ENFORCER_COMMIT}\""),
+        ("source", "\"${SOURCE_URL}\""),
+        ("licenses", "\"Apache-2.0\""),
+    ] {
+        let line = format!("org.opencontainers.image.{label}={value}");
+        assert!(runtime.contains(&line), "no {line} in the runtime stage");
+    }
+    for arg in ["ENFORCER_COMMIT", "SOURCE_URL"] {
+        assert!(runtime.contains(&format!("ARG {arg}")), "ARG {arg}");
+    }
     // The image's default policy is one `enforcer check` accepts.
     let out = run(Command::new(enforcer_binary())
         .arg("check")
