@@ -1,8 +1,10 @@
-//! `enforcer check` and `enforcer explain`: what an operator sees. No privileges needed.
+//! `enforcer check`, `explain`, `status` and `--version`: what an operator sees. Only
+//! `status` needs a running agent (and privileges).
 
-use std::{fs, process::Command};
+use std::{fs, path::Path, process::Command};
 
-use enforcer_tests::enforcer_binary;
+use enforcer_tests::{Agent, Cgroup, cgroup_scoped_temp, enforcer_binary, privileged};
+use serde_json::{Value, json};
 
 fn enforcer(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(enforcer_binary()).args(args).output().unwrap();
@@ -67,7 +69,166 @@ rules:
     ];
     assert_eq!(stdout.lines().collect::<Vec<_>>(), want);
     assert_eq!(stderr, format!("enforcer: error: 7 error(s) in {f}\n"));
+
+    // The same for scripts: one JSON document, the same exit code.
+    let (code, stdout, _) = enforcer(&["check", "--format", "json", &f]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["file"], f);
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["services"], Value::Null);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), want.len());
+    assert_eq!(
+        errors[1],
+        json!({"file": f, "line": 11, "column": 18, "message": "rule `r1`: unknown identity `ghost`"})
+    );
+    for (e, line) in errors.iter().zip(&want) {
+        let text = format!(
+            "{}:{}:{}: {}",
+            e["file"].as_str().unwrap(),
+            e["line"],
+            e["column"],
+            e["message"].as_str().unwrap()
+        );
+        assert_eq!(&text, line);
+    }
     fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn check_json_reports_a_valid_policy_and_an_unreadable_file() {
+    let (code, stdout, _) = enforcer(&["check", "--format", "json", &example()]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report,
+        json!({"file": example(), "valid": true, "services": 1, "rules": 1, "errors": []})
+    );
+    let missing = "/nonexistent/enforcer-policy.yaml";
+    let (code, stdout, _) = enforcer(&["check", "--format", "json", missing]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["errors"],
+        json!([{"file": missing, "line": null, "column": null,
+                "message": "cannot read: No such file or directory (os error 2)"}])
+    );
+}
+
+/// The commit the tree is at, as build.rs stamps it (`None` without git).
+fn tree_commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_owned())
+}
+
+/// The commit `enforcer --version` names: `enforcer VERSION (COMMIT)`.
+fn version_commit() -> String {
+    let (code, stdout, _) = enforcer(&["--version"]);
+    assert_eq!(code, 0);
+    stdout
+        .strip_prefix(concat!("enforcer ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|v| v.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{stdout:?}"))
+        .to_owned()
+}
+
+#[test]
+fn version_names_the_commit() {
+    let version = version_commit();
+    match tree_commit() {
+        Some(head) => assert!(
+            version == head || version == format!("{head}-dirty"),
+            "--version says {version}, the tree is at {head} (rebuild after committing)"
+        ),
+        None => assert!(!version.is_empty()),
+    }
+}
+
+/// `enforcer status` with `RUNTIME_DIRECTORY` as systemd would set it, and `args`.
+fn status(runtime_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(enforcer_binary())
+        .arg("status")
+        .args(args)
+        .env("RUNTIME_DIRECTORY", runtime_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// As in the DaemonSet: metrics on an address that is not the default (the pod IP there),
+/// and `status` without a flag finds it.
+#[test]
+fn status_finds_the_running_agent_without_being_told_its_address() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = Cgroup::new();
+    let policy = fs::read_to_string(example()).unwrap();
+    let mut agent = Agent::start_with(&cgroup, &policy, &["--metrics-addr", "127.0.0.9:0"]);
+    let metrics = agent.metrics.unwrap();
+    assert_eq!(metrics.ip().to_string(), "127.0.0.9");
+    // The harness gives each agent this runtime directory.
+    let run = cgroup_scoped_temp(&cgroup, "run");
+
+    let (code, stdout, stderr) = status(&run, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("agent "), "{stdout}");
+    assert!(stdout.contains("\nready              yes\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("listeners          {}", agent.listen)),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = status(&run, &["-o", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let served: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(served["ready"], true);
+    assert_eq!(served["version"], env!("CARGO_PKG_VERSION"));
+    let listeners = served["agent"]["listeners"].as_array().unwrap();
+    assert!(
+        listeners.contains(&json!(agent.listen.to_string())),
+        "{served}"
+    );
+    // The same commit in --version, /status and the build info metric.
+    let commit = served["commit"].as_str().unwrap();
+    assert_eq!(commit, version_commit());
+    let build_info = format!(
+        "enforcer_build_info{{commit=\"{commit}\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        agent.scrape().lines().any(|l| l == build_info),
+        "{build_info}"
+    );
+
+    // --metrics-addr still overrides.
+    let nowhere = cgroup_scoped_temp(&cgroup, "no-run");
+    let (code, stdout, stderr) = status(&nowhere, &["--metrics-addr", &metrics.to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ready              yes"), "{stdout}");
+
+    // Stopped, the agent leaves no address behind to mislead.
+    agent.stop();
+    let (code, _, stderr) = status(&run, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "enforcer: error: no running agent found: cannot read {}/agent.json",
+            run.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
