@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench | soak`.
+//! Developer tasks: `cargo xtask setup | run | test | bench | soak | man`.
 
 mod bench;
 mod setup;
@@ -36,6 +36,13 @@ enum Task {
     /// Set up, then run the release agent under steady load with policy reloads for minutes;
     /// fails on any failed allowed request or on growth of its memory or descriptors.
     Soak(soak::Args),
+    /// Set up, then write the man pages (`man/enforcer*.1`) and shell completions
+    /// (`completions/`: bash, zsh, fish) generated from the agent's CLI definition.
+    Man {
+        /// Output directory.
+        #[arg(long, default_value = "target/dist")]
+        out: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +68,13 @@ fn main() -> anyhow::Result<()> {
             }
             setup::run()?;
             soak::run(args)
+        }
+        Task::Man { out } => {
+            // Building the agent's library builds the kernel programs: set-up first.
+            setup::run()?;
+            let out = workspace_root().join(out);
+            let out = out.to_str().context("output directory is not UTF-8")?;
+            cargo(&["run", "-q", "-p", "enforcer", "--example", "cli_docs", "--", out])
         }
     }
 }
