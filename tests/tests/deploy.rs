@@ -1336,3 +1336,94 @@ fn dockerfile_pins_the_repository_toolchains_and_copies_existing_files() {
         .arg(repo("examples/policy.yaml")));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+// === Policy schema ===
+
+/// The policy JSON Schema (docs/policy.schema.json), compiled offline.
+fn policy_schema() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(&read("docs/policy.schema.json")).unwrap();
+    jsonschema::options()
+        .offline()
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("docs/policy.schema.json: {e}"))
+}
+
+/// Every whole policy the documentation shows: each file of examples/, and each fenced yaml
+/// block of docs/*.md and README.md with a top-level `version:` (the others are fragments).
+fn documented_policies() -> Vec<(String, String)> {
+    let mut policies = Vec::new();
+    for entry in fs::read_dir(repo("examples")).unwrap() {
+        let name = format!("examples/{}", entry.unwrap().file_name().to_string_lossy());
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            policies.push((name.clone(), read(&name)));
+        }
+    }
+    let mut pages = vec!["README.md".to_string()];
+    for entry in fs::read_dir(repo("docs")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    for page in pages {
+        let text = read(&page);
+        let mut lines = text.lines().enumerate();
+        while let Some((at, line)) = lines.next() {
+            if line.trim_end() != "```yaml" {
+                continue;
+            }
+            let block: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| l.trim_end() != "```")
+                .collect();
+            if block.iter().any(|l| l.starts_with("version:")) {
+                policies.push((format!("{page}:{}", at + 1), block.join("\n")));
+            }
+        }
+    }
+    policies
+}
+
+#[test]
+fn every_documented_policy_validates_against_the_schema() {
+    let schema = policy_schema();
+    let policies = documented_policies();
+    let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"examples/policy.yaml"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("docs/policy.md:")),
+        "no whole policy found in docs/policy.md: {names:?}"
+    );
+    for (name, text) in &policies {
+        let doc: Value = serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let errors: Vec<String> = schema
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{name} does not match the schema:\n{errors:#?}"
+        );
+    }
+    // The check can fail: a misspelt field is refused, as the agent refuses it.
+    let (_, example) = &policies[0];
+    let mut doc: Value = serde_saphyr::from_str(example).unwrap();
+    doc["setings"] = serde_json::json!({});
+    assert!(!schema.is_valid(&doc), "the schema accepts unknown fields");
+}
+
+#[test]
+fn the_shipped_policy_names_its_schema_for_editors() {
+    let example = read("examples/policy.yaml");
+    let first = example.lines().next().unwrap();
+    let schema = first
+        .strip_prefix("# yaml-language-server: $schema=")
+        .unwrap_or_else(|| panic!("examples/policy.yaml starts with {first:?}"));
+    // Relative to the file, so it works in any checkout.
+    let path = repo("examples").join(schema);
+    assert_eq!(
+        fs::canonicalize(path).unwrap(),
+        fs::canonicalize(repo("docs/policy.schema.json")).unwrap()
+    );
+}

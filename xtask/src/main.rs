@@ -74,7 +74,16 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             let out = workspace_root().join(out);
             let out = out.to_str().context("output directory is not UTF-8")?;
-            cargo(&["run", "-q", "-p", "enforcer", "--example", "cli_docs", "--", out])
+            cargo(&[
+                "run",
+                "-q",
+                "-p",
+                "enforcer",
+                "--example",
+                "cli_docs",
+                "--",
+                out,
+            ])
         }
     }
 }
