@@ -390,7 +390,8 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
     );
     assert_eq!(metric_value(&text, &info), Some(1.0), "{info} in\n{text}");
     let build = format!(
-        r#"enforcer_build_info{{commit="unknown",version="{}"}}"#,
+        r#"enforcer_build_info{{commit="{}",version="{}"}}"#,
+        enforcer::metrics::COMMIT,
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(metric_value(&text, &build), Some(1.0), "{text}");
