@@ -16,12 +16,14 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// curl is a real client, haproxy the peer proxy the benchmarks compare with, nginx the
 /// benchmarks' HTTP upstream and wrk their load generator; promtool (Debian `prometheus`) checks
 /// and unit-tests the alert rules in deploy/, systemd-analyze verifies the systemd unit, and
-/// setpriv runs the agent with exactly the unit's capabilities. (On a host booted with systemd,
+/// setpriv runs the agent with exactly the unit's capabilities, groff checks the generated man
+/// pages (`examples/cli_docs.rs`). (On a host booted with systemd,
 /// Debian starts the haproxy, nginx and prometheus services on install; the tests and
 /// benchmarks run their own instances on ports of their own and do not need them.)
-const DEBIAN_PACKAGES: [(&str, &str); 8] = [
+const DEBIAN_PACKAGES: [(&str, &str); 9] = [
     ("bpftool", "bpftool"),
     ("curl", "curl"),
+    ("groff-base", "groff"),
     ("haproxy", "haproxy"),
     ("nginx", "nginx"),
     ("prometheus", "promtool"),
