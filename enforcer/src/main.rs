@@ -310,6 +310,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The listeners accept from here on: vouch for the agent, and keep vouching.
     redirect.beat().context("cannot write the heartbeat")?;
     let heartbeat = tokio::spawn(heartbeat(redirect.clone(), watchdog));
+    // Ready in every way before the log says so: whoever reads "ready" may ask at once.
+    if let Some(metrics) = &metrics {
+        metrics.set_ready(true);
+    }
+    let _published = AgentFile::publish(&args.runtime_dir, metrics_addr)
+        .inspect_err(|e| {
+            let dir = args.runtime_dir.display();
+            warn!(error = %e, "cannot write {dir}/agent.json: `enforcer status` needs --metrics-addr")
+        })
+        .ok();
     info!(
         event = "ready",
         cgroup = %redirect.cgroup().display(),
@@ -323,15 +333,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         open_files,
         "enforcer ready"
     );
-    if let Some(metrics) = &metrics {
-        metrics.set_ready(true);
-    }
-    let _published = AgentFile::publish(&args.runtime_dir, metrics_addr)
-        .inspect_err(|e| {
-            let dir = args.runtime_dir.display();
-            warn!(error = %e, "cannot write {dir}/agent.json: `enforcer status` needs --metrics-addr")
-        })
-        .ok();
     if let Some(n) = &notifier {
         n.ready(&format!("enforcing {services} services"));
     }
