@@ -413,7 +413,7 @@ struct Case {
 }
 
 fn corpus() -> Vec<Case> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/http-desync");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/http-desync");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
