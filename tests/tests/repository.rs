@@ -1,10 +1,10 @@
 //! The repository stands on its own: no tracked file reads a path outside it. A user's clone has
-//! nothing beside it (no `../shared`, no `/work`), so a build, test or bench that names such a
+//! nothing beside it (no shared folder next to it), so a build, test or bench that names such a
 //! path passes here and fails there. No privileges needed.
 //!
 //! What counts as naming a path outside:
-//! - an absolute path under `/work` (where this project's checkouts and the folders beside them
-//!   live) or under the directory holding this checkout. System paths a host tool must read or
+//! - an absolute path under the root where this project's checkouts and the folders beside them
+//!   live (see [`foreign_roots`]) or under the directory holding this checkout. System paths a host tool must read or
 //!   hide (`/proc`, `/sys`, `/usr/bin/curl`, `/home` for `ProtectHome=`) are not such roots, and
 //!   HTTP paths in test data (`/v1/admin`) are not under them either;
 //! - a relative path that climbs above the repository root, resolved from where it is read:
