@@ -112,6 +112,16 @@ impl Drop for Leftover {
     }
 }
 
+/// A child process, killed on drop (a failing test leaves no process behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A process that has exited: its pid and start time, taken while it ran.
 fn dead_process() -> Owner {
     let mut child = Command::new("sleep").arg("infinity").spawn().unwrap();
@@ -179,8 +189,8 @@ fn a_live_runs_cgroups_are_left_alone() {
         return;
     }
     // Another run, alive: a process of its own named in the cgroup.
-    let mut other_run = Command::new("sleep").arg("infinity").spawn().unwrap();
-    let other = Leftover::new(Owner::of(other_run.id()).unwrap());
+    let mut other_run = Running(Command::new("sleep").arg("infinity").spawn().unwrap());
+    let other = Leftover::new(Owner::of(other_run.0.id()).unwrap());
     // This run's own cgroup, with an agent and a temp file.
     let mine = Cgroup::new();
     let agent = Agent::start(&mine, POLICY);
@@ -200,8 +210,8 @@ fn a_live_runs_cgroups_are_left_alone() {
     assert_eq!(other.agent.try_wait().unwrap(), None, "still running");
 
     // Once that run is gone, its cgroup is a leftover like any other.
-    other_run.kill().unwrap();
-    other_run.wait().unwrap();
+    other_run.0.kill().unwrap();
+    other_run.0.wait().unwrap();
     stale::sweep(&other.root);
     assert!(!other.cgroup().exists() && !other.pins().exists() && !other.temp().exists());
     assert!(mine.path().exists() && agent.pin_path().exists() && note.exists());
