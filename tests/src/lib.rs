@@ -12,13 +12,15 @@ use std::{
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Arc, Condvar, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+pub mod stale;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -107,22 +109,48 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 // === Cgroup ===
 
-/// A cgroup v2 directory made for one test; its processes are killed and it is removed on drop.
+/// A cgroup v2 directory made for one test, with a temp directory of its own; on drop its
+/// processes are killed, then both are removed.
+///
+/// Its name, `enforcer-test-<pid>-<start time>-<seq>`, names the test process that made it
+/// (the start time tells it from a later process given the same pid), and so does every pin
+/// path and temp directory derived from it: [`Cgroup::new`] first removes those of test
+/// processes that are dead (killed runs, whose guards never ran), never another live run's.
 pub struct Cgroup {
     path: PathBuf,
+    /// Where [`cgroup_scoped_temp`] puts this cgroup's files.
+    temp: PathBuf,
+    /// For a child cgroup, the prefix of its files in its parent's temp directory.
+    temp_prefix: Option<String>,
 }
 
 impl Cgroup {
     pub fn new() -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
+        static SWEEP: std::sync::Once = std::sync::Once::new();
         let root = cgroup2_root().expect("cgroup2 mount");
-        let path = root.join(format!(
-            "enforcer-test-{}-{}",
-            std::process::id(),
+        SWEEP.call_once(|| stale::sweep(&root));
+        let me = stale::Owner::current();
+        let name = format!(
+            "{}{}-{}-{}",
+            stale::PREFIX,
+            me.pid,
+            me.start,
             SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let path = root.join(&name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
+        let temp = std::env::temp_dir().join(&name);
+        fs::create_dir(&temp).unwrap_or_else(|e| panic!("mkdir {}: {e}", temp.display()));
+        // Readable and writable by every user, as the temp directory itself: tests run
+        // clients as other users.
+        fs::set_permissions(&temp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", temp.display()));
+        Self {
+            path,
+            temp,
+            temp_prefix: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -182,15 +210,16 @@ impl Cgroup {
     pub fn child(&self, name: &str) -> Cgroup {
         let path = self.path.join(name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Cgroup { path }
+        Cgroup {
+            path,
+            temp: self.temp.clone(),
+            temp_prefix: Some(name.to_owned()),
+        }
     }
 
-    fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+    /// This cgroup's temp directory (its parent's for a child cgroup), removed on drop.
+    pub fn temp_dir(&self) -> &Path {
+        &self.temp
     }
 }
 
@@ -203,32 +232,11 @@ impl Default for Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let deadline = Instant::now() + PATIENCE;
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if Instant::now() > deadline {
-                eprintln!("cgroup {}: processes would not die", self.path.display());
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if !stale::kill_all(&self.path, deadline) {
+            eprintln!("cgroup {}: processes would not die", self.path.display());
         }
-        // Temp files of this cgroup's test (policies, audit trails, agent state).
-        let prefix = format!("{}-", self.path.file_name().unwrap().to_string_lossy());
-        for entry in fs::read_dir(std::env::temp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let path = entry.path();
-                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
-            }
+        if self.temp_prefix.is_none() {
+            let _ = fs::remove_dir_all(&self.temp);
         }
         // rmdir fails with EBUSY while exiting tasks are still being reaped.
         while let Err(e) = fs::remove_dir(&self.path) {
@@ -502,11 +510,13 @@ fn wait_child(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// A temp file path unique to a cgroup (and so to a test), readable by every user; removed
-/// with the cgroup.
+/// A temp file path unique to a cgroup (and so to a test), in its temp directory, readable by
+/// every user; removed with the cgroup.
 pub fn cgroup_scoped_temp(cgroup: &Cgroup, name: &str) -> PathBuf {
-    let tag = cgroup.path().file_name().unwrap().to_string_lossy();
-    std::env::temp_dir().join(format!("{tag}-{name}"))
+    match &cgroup.temp_prefix {
+        None => cgroup.temp.join(name),
+        Some(prefix) => cgroup.temp.join(format!("{prefix}-{name}")),
+    }
 }
 
 // === Upstreams ===
@@ -752,13 +762,16 @@ pub struct HttpUpstream {
     server: Server,
     requests: Arc<Mutex<Vec<Received>>>,
     raw: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections read to their end (or failed).
+    finished: Arc<AtomicUsize>,
 }
 
 impl HttpUpstream {
     pub fn start(bind: &str) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));
-        let (r2, raw2) = (requests.clone(), raw.clone());
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (r2, raw2, finished2) = (requests.clone(), raw.clone(), finished.clone());
         let server = Server::start(bind, move |s, _| {
             // Answers take several small writes: without this, Nagle's algorithm holds each
             // keep-alive response ~40 ms for the previous one's ACK.
@@ -768,12 +781,15 @@ impl HttpUpstream {
                 raw.push(Vec::new());
                 raw.len() - 1
             };
-            serve_http(s, &r2, &raw2, slot)
+            let result = serve_http(s, &r2, &raw2, slot);
+            finished2.fetch_add(1, Ordering::SeqCst);
+            result
         });
         Self {
             server,
             requests,
             raw,
+            finished,
         }
     }
 
@@ -796,6 +812,12 @@ impl HttpUpstream {
 
     pub fn connections(&self) -> usize {
         self.raw.lock().unwrap().len()
+    }
+
+    /// Connections accepted and not yet read to their end: once a client is gone, 0 means
+    /// every request it sent has been counted.
+    pub fn open_connections(&self) -> usize {
+        self.connections() - self.finished.load(Ordering::SeqCst)
     }
 
     /// The bytes each connection delivered so far, in accept order.

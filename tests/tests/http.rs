@@ -7,7 +7,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     thread,
-    time::Duration,
 };
 
 use enforcer_tests::{
@@ -413,7 +412,7 @@ struct Case {
 }
 
 fn corpus() -> Vec<Case> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/http-desync");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/http-desync");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -496,12 +495,12 @@ fn http_desync_corpus_over_the_wire() {
             }
             _ => None,
         };
-        // Let a forwarded request land before looking at the upstream.
+        // Let a forwarded request land before looking at the upstream: the client is done, so
+        // the agent closes its upstream connection, which the upstream then reads to its end.
         if expected.is_some() {
             wait_for(&format!("{label} to reach the upstream"), || {
-                (upstream.connections() > before).then_some(())
+                (upstream.connections() > before && upstream.open_connections() == 0).then_some(())
             });
-            thread::sleep(Duration::from_millis(20));
         }
         let reached: Vec<u8> = upstream
             .raw_connections()

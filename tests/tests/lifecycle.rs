@@ -16,7 +16,7 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, cgroup_scoped_temp, privileged, probe_binary, send_raw_with, wait_for,
+    Agent, Cgroup, PATIENCE, cgroup_scoped_temp, privileged, probe_binary, send_raw_with, wait_for,
 };
 use serde_json::Value;
 
@@ -136,10 +136,7 @@ fn an_upgrade_loses_no_request_of_an_idle_keep_alive_client() {
     reports.read_line(&mut line).unwrap();
     let first: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(first["first"], 200, "{first}");
-    assert_eq!(
-        arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
-        "/first"
-    );
+    assert_eq!(arrived.recv_timeout(PATIENCE).unwrap(), "/first");
 
     // The old agent stops while the client idles; a new one takes its port.
     let (status, _) = old.stop();
@@ -166,10 +163,7 @@ fn an_upgrade_loses_no_request_of_an_idle_keep_alive_client() {
     // Closed while idle, with a FIN: the client reconnected before sending.
     assert_eq!(second["idle_end"], "fin", "{second}");
     assert_eq!(second["retried"], true, "{second}");
-    assert_eq!(
-        arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
-        "/second"
-    );
+    assert_eq!(arrived.recv_timeout(PATIENCE).unwrap(), "/second");
 
     // Each request is in the trail of the agent it passed: the second in the new one's (OCSF).
     let old_records = lines(&old_audit);
@@ -205,19 +199,11 @@ fn a_request_in_flight_completes_during_the_drain() {
         let cgroup = &cgroup;
         thread::scope(|s| {
             let client = s.spawn(move || send_raw_with(cgroup, None, upstream, &bytes, true));
-            assert_eq!(
-                arrived.recv_timeout(Duration::from_secs(10)).unwrap(),
-                "/slow/1500"
-            );
-            let stopping = Instant::now();
+            assert_eq!(arrived.recv_timeout(PATIENCE).unwrap(), "/slow/1500");
+            // The agent waits for the response before exiting: the complete response below
+            // shows it, whatever the time the stop took.
             let (status, _) = agent.stop();
             assert!(status.success(), "{status}");
-            // The agent waited for the response before exiting.
-            assert!(
-                stopping.elapsed() > Duration::from_millis(1000),
-                "{:?}",
-                stopping.elapsed()
-            );
             client.join().unwrap()
         })
     };
@@ -255,16 +241,15 @@ fn the_drain_is_bounded() {
     let stuck = thread::scope(|s| {
         let client =
             s.spawn(move || send_raw_with(cgroup, None, upstream, &get("/slow/20000"), true));
-        assert_eq!(
-            arrived.recv_timeout(Duration::from_secs(10)).unwrap(),
-            "/slow/20000"
-        );
+        assert_eq!(arrived.recv_timeout(PATIENCE).unwrap(), "/slow/20000");
         let stopping = Instant::now();
         let (status, _) = agent.stop();
         let took = stopping.elapsed();
         assert!(status.success(), "{status}");
+        // At least the drain timeout (its timer starts after the SIGTERM), and well before the
+        // upstream's answer (20 s): a bound on the exit, not on how fast a loaded host is.
         assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            took >= Duration::from_secs(1) && took < Duration::from_secs(15),
             "exited after {took:?}"
         );
         client.join().unwrap()

@@ -12,9 +12,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, Server, agent_pin_path, attached_program_ids, bpf_object_exists,
-    cgroup_scoped_temp, enforcer_binary, privileged, probe_binary, program_map_ids, run_probe,
-    send_raw_with, wait_for,
+    Agent, Cgroup, HttpUpstream, PATIENCE, Server, agent_pin_path, attached_program_ids,
+    bpf_object_exists, cgroup_scoped_temp, enforcer_binary, privileged, probe_binary,
+    program_map_ids, run_probe, send_raw_with, wait_for,
 };
 use serde_json::Value;
 use sha2::Digest as _;
@@ -167,10 +167,15 @@ fn kill_9_under_load_fails_closed_and_a_new_agent_resumes_with_its_state() {
     });
 
     first.kill();
-    // A request the dead agent had already forwarded may still be landing.
-    thread::sleep(Duration::from_millis(200));
+    // A request the dead agent had already forwarded may still be landing: its connections
+    // closed with it, so once the upstream has read them to their end every such request is
+    // counted.
+    wait_for("the upstream to read the dead agent's connections", || {
+        (upstream.open_connections() == 0).then_some(())
+    });
     let at_kill = load_requests(&upstream);
-    // Past the heartbeat's timeout: the programs now fail closed.
+    // Past the heartbeat's timeout: the programs now fail closed. Watched for a while: nothing
+    // may arrive, however long the window.
     thread::sleep(Duration::from_millis(1300));
     assert_eq!(
         load_requests(&upstream),
@@ -296,6 +301,25 @@ fn a_second_agent_refuses_a_pin_path_in_use() {
     assert!(agent.pin_path().exists());
 }
 
+/// Wait until every thread of the SIGSTOPped agent `pid` has stopped (so none can write
+/// another heartbeat), then past the heartbeat's timeout (1 s): from then on its heartbeat is
+/// stale, however slowly the stop was delivered.
+fn wait_heartbeat_stale(pid: u32) {
+    wait_for("every thread of the agent to stop", || {
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .flatten()
+            .all(|task| {
+                let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+            .then_some(())
+    });
+    thread::sleep(Duration::from_millis(1200));
+}
+
 #[test]
 fn a_hung_agent_counts_as_down() {
     if !privileged() {
@@ -309,7 +333,7 @@ fn a_hung_agent_counts_as_down() {
     // SAFETY: plain syscalls on our own child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     // Until its heartbeat is stale a connect would wait on the frozen agent: probe after.
-    thread::sleep(Duration::from_millis(1200));
+    wait_heartbeat_stale(agent.pid());
     let r = echo();
     assert!(direct(&r), "a frozen agent is down: {r}");
 
@@ -415,7 +439,7 @@ fn a_hung_agent_that_wakes_after_a_takeover_steps_aside() {
     let mut first = Agent::start(&cgroup, &policy);
     // SAFETY: plain syscall on our own child.
     unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) };
-    thread::sleep(Duration::from_millis(1200));
+    wait_heartbeat_stale(first.pid());
     // Its heartbeat is stale: a supervisor's new agent may take over.
     let second = Agent::start(&cgroup, &policy);
     assert_eq!(second.ready["adopted"], true, "{}", second.ready);
@@ -462,13 +486,14 @@ fn connects_that_never_establish_leave_no_record() {
         .expect("start the burst");
     let out = probe.wait_with_output().expect("probe");
     let records = cgroup_records(&agent);
-    let lingering = (0..50)
-        .map(|_| {
-            thread::sleep(Duration::from_millis(100));
-            records()
-        })
-        .find(|&n| n == 0)
-        .unwrap_or_else(records);
+    let deadline = Instant::now() + PATIENCE;
+    let lingering = loop {
+        let n = records();
+        if n == 0 || Instant::now() > deadline {
+            break n;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
     let report: Value = serde_json::from_slice(&out.stdout).expect("probe report");

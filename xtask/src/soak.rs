@@ -48,6 +48,8 @@ pub struct Args {
 const PERIOD: Duration = Duration::from_secs(10);
 /// Descriptors the agent may hold after the load beyond those before it (runtime, timers).
 const FD_SLACK: u64 = 4;
+/// How long the agent may take to close the finished connections' descriptors.
+const SETTLE: Duration = Duration::from_secs(30);
 const STARTUP: Duration = Duration::from_secs(30);
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -131,9 +133,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = client.finish(duration + Duration::from_secs(60))?;
         load.add(&report);
     }
-    // Let the closed connections' tasks end before the last sample.
-    thread::sleep(Duration::from_secs(2));
-    let end = sample(pid, started.elapsed())?;
+    // The closed connections' tasks end soon after their clients: the last sample is the first
+    // with the descriptors back within bounds, or the one at the deadline (a leak).
+    let settle = Instant::now() + SETTLE;
+    let end = loop {
+        let s = sample(pid, started.elapsed())?;
+        if s.fds <= before.fds + FD_SLACK || Instant::now() > settle {
+            break s;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     samples.push(end);
     let drain = agent.stop()?;
     let log = fs::read_to_string(&log_file).unwrap_or_default();

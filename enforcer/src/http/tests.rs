@@ -1,4 +1,4 @@
-//! The HTTP desync corpus in `shared/corpora/http-desync` (the format of aws/http-desync-guardian):
+//! The HTTP desync corpus in `tests/data/http-desync` (vendored from aws/http-desync-guardian):
 //! every case it calls Ambiguous or Severe must be refused, and every case that is accepted must
 //! re-serialise to a head that parses to the same request.
 
@@ -9,10 +9,7 @@ use serde::Deserialize;
 
 use super::*;
 
-const CORPUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/corpora/http-desync"
-);
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/http-desync");
 
 /// HTTP/1.1 cases without a `Host` get this one, so they are judged on their own faults rather
 /// than all refused as `MissingHost` (the corpus predates that rule being enforced).

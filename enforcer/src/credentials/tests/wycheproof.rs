@@ -1,4 +1,4 @@
-//! Every Wycheproof JWS and JWK test vector (`/work/shared/corpora/wycheproof`, read in place).
+//! Every Wycheproof JWS and JWK test vector (vendored in `tests/data/wycheproof`, read in place).
 //!
 //! Each group's key is loaded the way the agent loads keys: public keys through the JWKS
 //! reader (`jwksFile`), `oct` keys through the secret-file reader (`secretFile`). Every
@@ -19,7 +19,7 @@ use super::*;
 
 fn corpus(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpora/wycheproof")
+        .join("../tests/data/wycheproof")
         .join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
