@@ -5,6 +5,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod binding;
 pub mod credentials;
+pub mod host;
 pub mod http;
 pub mod identity;
 pub mod limits;

@@ -37,7 +37,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{credentials::Credentials, limits::Rate};
+use crate::{credentials::Credentials, host::HostAddrs, limits::Rate};
 
 #[doc(hidden)]
 pub use self::bench::{Synthetic, synthetic};
@@ -306,12 +306,19 @@ impl Policy {
             .flat_map(|(name, s)| s.destinations.iter().map(move |d| (name.as_str(), d)))
     }
 
-    /// The service a destination address belongs to, if any (the most specific prefix wins).
-    pub fn service_for(&self, ip: IpAddr, port: u16) -> Option<&str> {
-        let ip = to_v6(ip);
-        self.destinations()
-            .filter(|(_, d)| d.prefix.contains(ip) && d.ports.contains(port))
+    /// The service a destination address belongs to, if any: the most specific prefix that
+    /// holds it, else, for an address that reaches this host (as the kernel decides it, with
+    /// `host`), the local service on that port (`check` refuses two of them on one port).
+    pub fn service_for(&self, ip: IpAddr, port: u16, host: &HostAddrs) -> Option<&str> {
+        let v6 = to_v6(ip);
+        let on_port = || self.destinations().filter(|(_, d)| d.ports.contains(port));
+        on_port()
+            .filter(|(_, d)| d.prefix.contains(v6))
             .max_by_key(|(_, d)| d.prefix.len)
+            .or_else(|| {
+                host.is_this_host(ip)
+                    .then(|| on_port().find(|(_, d)| d.prefix.reaches_this_host(host)))?
+            })
             .map(|(name, _)| name)
     }
 
