@@ -339,7 +339,9 @@ mod tests {
         let v4 = |a: [u8; 4]| v4_mapped_from_be(u32::from_ne_bytes(a));
         let v6 = |s: &str| {
             let o = s.parse::<core::net::Ipv6Addr>().unwrap().octets();
-            core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
         };
         let none = |_: &Ip6Words| false;
         for local in [

@@ -179,7 +179,11 @@ impl Subscription {
     /// lost to a full socket buffer (`ENOBUFS`).
     fn wait(&self) -> Result<(), nix::Error> {
         let mut buf = [0u8; 8192];
-        match recv(self.0.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty()) {
+        match recv(
+            self.0.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
             Ok(_) | Err(nix::Error::ENOBUFS) => Ok(()),
             Err(nix::Error::EINTR) => self.wait(),
             Err(e) => Err(e),
@@ -250,7 +254,8 @@ mod tests {
     fn reads_loopback() {
         let host = HostAddrs::read().unwrap();
         assert!(
-            host.iter().any(|ip| ip == Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+            host.iter()
+                .any(|ip| ip == Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
             "{host:?}"
         );
     }

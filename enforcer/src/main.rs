@@ -186,6 +186,9 @@ fn init_logging(format: LogFormat) {
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     match policy::check(file) {
         Ok(p) => {
+            for w in p.warnings() {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} services, {} rules)",
                 file.display(),

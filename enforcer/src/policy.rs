@@ -102,6 +102,8 @@ pub struct Policy {
     generation: u64,
     /// SHA-256 of the text it was parsed from (hex), to tell which file is in force.
     sha256: String,
+    /// Where the policy leaves a door open (see [`Policy::warnings`]).
+    warnings: Vec<Diagnostic>,
 }
 
 /// A protected API: connects to any of its endpoints go through the agent.
@@ -288,6 +290,7 @@ impl Policy {
             index,
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             sha256: String::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -353,6 +356,12 @@ impl Policy {
     /// The named identities, in file order.
     pub fn identity_names(&self) -> impl Iterator<Item = &str> {
         self.identities.iter().map(|i| &*i.name)
+    }
+
+    /// Where the policy, valid as it is, leaves a way to a protected API unseen (a service
+    /// given by host name, `failMode: open`), in file order. `enforcer check` prints them.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// Lower-case hex SHA-256 of the policy text, as `sha256sum` prints it for the file.

@@ -125,7 +125,11 @@ impl Drop for Setup {
 
 /// Only the allowed requests reached the upstream: `n` of them, each `GET /allowed`.
 fn assert_only_allowed_reached(upstream: &HttpUpstream, n: usize) {
-    let targets: Vec<String> = upstream.requests().iter().map(|r| r.target.clone()).collect();
+    let targets: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
     assert_eq!(targets, vec!["/allowed".to_string(); n], "{targets:?}");
 }
 
@@ -201,7 +205,11 @@ fn a_dual_stack_upstream_is_protected_at_every_local_address_of_both_families() 
         for to in tries {
             setup.assert_decided(None, to);
         }
-        assert_eq!(upstream.requests().len(), before + tries.len(), "{endpoint}");
+        assert_eq!(
+            upstream.requests().len(),
+            before + tries.len(),
+            "{endpoint}"
+        );
     }
     assert_only_allowed_reached(&upstream, 10);
 }

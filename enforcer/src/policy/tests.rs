@@ -6,6 +6,7 @@ mod anomalies;
 mod check;
 mod credentials;
 mod decide;
+mod destinations;
 mod explain;
 mod identity;
 mod pattern;
@@ -313,7 +314,10 @@ fn host_names_resolve_at_load() {
         p.service_for("10.20.0.5".parse().unwrap(), 8080, &HostAddrs::default()),
         Some("pay")
     );
-    assert_eq!(p.service_for("fd00::5".parse().unwrap(), 8080, &HostAddrs::default()), Some("pay"));
+    assert_eq!(
+        p.service_for("fd00::5".parse().unwrap(), 8080, &HostAddrs::default()),
+        Some("pay")
+    );
 }
 
 #[test]
@@ -326,9 +330,18 @@ fn service_for_prefers_the_longest_prefix() {
         p.service_for("10.1.2.3".parse().unwrap(), 80, &HostAddrs::default()),
         Some("narrow")
     );
-    assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 80, &HostAddrs::default()), Some("wide"));
-    assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 81, &HostAddrs::default()), None);
-    assert_eq!(p.service_for("11.0.0.1".parse().unwrap(), 80, &HostAddrs::default()), None);
+    assert_eq!(
+        p.service_for("10.2.2.3".parse().unwrap(), 80, &HostAddrs::default()),
+        Some("wide")
+    );
+    assert_eq!(
+        p.service_for("10.2.2.3".parse().unwrap(), 81, &HostAddrs::default()),
+        None
+    );
+    assert_eq!(
+        p.service_for("11.0.0.1".parse().unwrap(), 80, &HostAddrs::default()),
+        None
+    );
 }
 
 #[test]

@@ -36,11 +36,11 @@ use crate::{
     audit::{self, Caller, Record},
     binding,
     credentials::{CredentialCheck, UnixTime},
+    host::HostAddrs,
     http::{
         self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
         ResponseKind,
     },
-    host::HostAddrs,
     identity::Identity,
     limits::{self, IdentityLimits},
     metrics::{AuthFailure, UpstreamError},

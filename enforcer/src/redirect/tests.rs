@@ -136,7 +136,11 @@ fn local_services_are_protected_at_this_host() {
         "a remote address's ports stay at its own entry only"
     );
     assert_eq!(entries.len(), 6, "every exact entry is kept too");
-    let without_host_addr = protected_entries(&[dest("10.200.0.1/32", (7000, 7000))], &HostAddrs::default()).unwrap();
+    let without_host_addr = protected_entries(
+        &[dest("10.200.0.1/32", (7000, 7000))],
+        &HostAddrs::default(),
+    )
+    .unwrap();
     assert_eq!(without_host_addr.len(), 1, "not a host address: not local");
 }
 
