@@ -158,6 +158,21 @@ fn any_address_and_loopback_aliases_reach_a_service_protected_at_127_0_0_1() {
         setup.assert_decided(None, to);
     }
     assert_only_allowed_reached(&upstream, tries.len());
+
+    // Another local port stays unprotected at every local address: reached directly, and
+    // no record.
+    let other = HttpUpstream::start("0.0.0.0:0");
+    let to = addr("127.0.0.2", other.addr().port());
+    assert_eq!(setup.get(None, to, "/denied"), 200, "GET /denied to {to}");
+    assert_eq!(other.requests().len(), 1);
+    assert_eq!(setup.get(None, addr("127.0.0.1", port), "/last"), 403);
+    let last = setup.record(0, addr("127.0.0.1", port), "/last");
+    assert!(
+        !fs::read_to_string(&setup.audit)
+            .unwrap()
+            .contains(&to.to_string()),
+        "a record for the unprotected {to}; last: {last}"
+    );
 }
 
 #[test]
@@ -241,13 +256,18 @@ fn host_addresses_reach_a_local_service_including_one_added_later() {
         // module): its addresses are the host's all the same.
         ip(&["link", "add", "enf0", "type", "bridge"]);
         ip(&["addr", "add", "10.200.0.1/24", "dev", "enf0"]);
+        // No duplicate address detection: usable at once (a bridge without ports has no
+        // carrier to detect on).
+        ip(&["addr", "add", "fd00:200::1/64", "dev", "enf0", "nodad"]);
         ip(&["link", "set", "enf0", "up"]);
 
-        let upstream = HttpUpstream::start("0.0.0.0:0");
+        // Dual-stack, so it answers at the IPv6 host address too.
+        let upstream = HttpUpstream::start("[::]:0");
         let port = upstream.addr().port();
         let mut setup = Setup::start(&format!("127.0.0.1:{port}"));
         setup.assert_decided(None, addr("10.200.0.1", port));
         setup.assert_decided(Some(NOBODY), addr("10.200.0.1", port));
+        setup.assert_decided(None, addr("[fd00:200::1]", port));
 
         // Added while the agent runs: the watcher must pick it up from the address event.
         ip(&["addr", "add", "198.18.0.1/15", "dev", "enf0"]);
@@ -266,7 +286,7 @@ fn host_addresses_reach_a_local_service_including_one_added_later() {
                 .as_str()
                 .is_some_and(|a| a.contains("198.18.0.1"))
         });
-        assert_only_allowed_reached(&upstream, 3);
+        assert_only_allowed_reached(&upstream, 4);
     });
     if let Err(panic) = body.join() {
         std::panic::resume_unwind(panic);
