@@ -33,6 +33,8 @@ pub enum Error {
     Subscribe(#[source] nix::Error),
     #[error("cannot read the interface addresses")]
     Read(#[source] io::Error),
+    #[error("cannot start the host address watcher")]
+    Spawn(#[source] io::Error),
 }
 
 /// One reading of the host's addresses, IPv4 ones IPv4-mapped.
@@ -193,8 +195,12 @@ impl Subscription {
 
 /// Keep the kernel's set and `shared` equal to the host's addresses, on a thread of its own
 /// (it blocks on the netlink socket), for the life of the process.
-pub fn watch(subscription: Subscription, redirect: Arc<Redirect>, shared: Arc<Addresses>) {
-    let spawned = std::thread::Builder::new()
+pub fn watch(
+    subscription: Subscription,
+    redirect: Arc<Redirect>,
+    shared: Arc<Addresses>,
+) -> Result<(), Error> {
+    std::thread::Builder::new()
         .name("host-addrs".into())
         .spawn(move || {
             loop {
@@ -226,10 +232,9 @@ pub fn watch(subscription: Subscription, redirect: Arc<Redirect>, shared: Arc<Ad
                 }
                 shared.set(addrs);
             }
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the host address watcher");
-    }
+        })
+        .map(drop)
+        .map_err(Error::Spawn)
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("cannot attach")?;
     let redirect = Arc::new(redirect);
     let host = Arc::new(host::Addresses::new(host_addrs));
-    host::watch(host_events, redirect.clone(), host.clone());
+    host::watch(host_events, redirect.clone(), host.clone())?;
     if let Some(logger) = logger {
         tokio::spawn(forward_kernel_logs(logger));
     }
