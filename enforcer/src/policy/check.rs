@@ -619,16 +619,22 @@ fn destinations(
                 }
                 Ok(addrs) => {
                     let shown: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
-                    w.at(
-                        &ep.referenced,
-                        format!(
-                            "endpoint `{}` names a host: only the addresses it resolves to now \
+                    // A name of this host (`localhost`) is covered at every local address.
+                    let remote = addrs
+                        .iter()
+                        .any(|&ip| !HostAddrs::default().is_this_host(ip));
+                    if remote {
+                        w.at(
+                            &ep.referenced,
+                            format!(
+                                "endpoint `{}` names a host: only the addresses it resolves to now \
                              ({}) are protected, until the policy is reloaded; other addresses \
                              of the same API are not",
-                            ep.value,
-                            shown.join(", ")
-                        ),
-                    );
+                                ep.value,
+                                shown.join(", ")
+                            ),
+                        );
+                    }
                     for ip in addrs {
                         push(Destination {
                             prefix: Prefix::host(ip),
