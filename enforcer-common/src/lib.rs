@@ -20,6 +20,33 @@ pub const fn is_v4_mapped(ip: &Ip6Words) -> bool {
     ip[0] == 0 && ip[1] == 0 && ip[2] == u32::to_be(0x0000_ffff)
 }
 
+// === This host ===
+
+/// Hash of this host's own addresses (key an [`Ip6Words`], IPv4 mapped; value unused, 0): the
+/// addresses of the agent's network namespace, kept current by the agent.
+pub const HOST_ADDRS_MAP: &str = "HOST_ADDRS";
+/// Capacity of [`HOST_ADDRS_MAP`].
+pub const HOST_ADDRS_MAX_ENTRIES: u32 = 4_096;
+
+/// The key under which [`PROTECTED_MAP`] holds the ports of services that listen on this host
+/// (the unspecified address `::`, itself one of the forms of "this host"). A connect whose
+/// destination [`is_this_host`] is looked up there as well as under its own address: a
+/// server bound to the wildcard answers at every local address, so a local service is
+/// protected on its ports at all of them.
+pub const THIS_HOST: Ip6Words = [0; 4];
+
+/// Whether a connect to `ip` is delivered to this host: the unspecified address (`0.0.0.0`,
+/// `::`, `::ffff:0.0.0.0`), loopback (`127.0.0.0/8`, `::1`, `::ffff:127.0.0.0/104`), or one
+/// of the host's own addresses, which `is_host_addr` tells. Both the connect programs and the
+/// agent's service lookup decide with this one function, so they cannot disagree.
+#[inline(always)]
+pub fn is_this_host(ip: &Ip6Words, is_host_addr: impl FnOnce(&Ip6Words) -> bool) -> bool {
+    let v4_first_byte = u32::from_be(ip[3]) >> 24;
+    let is_v4_local = is_v4_mapped(ip) && (ip[3] == 0 || v4_first_byte == 127);
+    let is_v6_local = ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && u32::from_be(ip[3]) <= 1;
+    is_v4_local || is_v6_local || is_host_addr(ip)
+}
+
 // === Protected destinations ===
 
 /// LPM trie of protected destinations: key data is an [`Ip6Words`] (prefix length counts from
@@ -99,7 +126,7 @@ pub const CONFIG_HAS_V6: u32 = 1;
 /// Version of the pinned maps' layout and meaning. A restarted agent adopts pinned maps only
 /// of its own version (and aya also refuses maps whose sizes differ); bump it whenever a map's
 /// key or value changes meaning, even at the same size.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Where redirected connects go, and who the agent is.
 #[repr(C)]
@@ -305,6 +332,47 @@ mod tests {
         assert!(!agent_ready(0, 5), "never written");
         assert!(agent_ready(10, 10 + HEARTBEAT_TIMEOUT_NS - 1));
         assert!(!agent_ready(10, 10 + HEARTBEAT_TIMEOUT_NS));
+    }
+
+    #[test]
+    fn this_host_forms() {
+        let v4 = |a: [u8; 4]| v4_mapped_from_be(u32::from_ne_bytes(a));
+        let v6 = |s: &str| {
+            let o = s.parse::<core::net::Ipv6Addr>().unwrap().octets();
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        };
+        let none = |_: &Ip6Words| false;
+        for local in [
+            v4([0, 0, 0, 0]),
+            v4([127, 0, 0, 1]),
+            v4([127, 0, 0, 2]),
+            v4([127, 255, 255, 254]),
+            v6("::"),
+            v6("::1"),
+            v6("::ffff:0.0.0.0"),
+            v6("::ffff:127.1.2.3"),
+        ] {
+            assert!(is_this_host(&local, none), "{local:x?}");
+        }
+        for remote in [
+            v4([10, 0, 0, 1]),
+            v4([128, 0, 0, 1]),
+            v4([126, 255, 255, 255]),
+            v4([0, 0, 0, 1]),
+            v6("::2"),
+            v6("::127.0.0.1"),
+            v6("fe80::1"),
+            v6("2001:db8::1"),
+            v6("1::1"),
+            v6("0:0:1::1"),
+        ] {
+            assert!(!is_this_host(&remote, none), "{remote:x?}");
+        }
+        let host = v4([10, 200, 0, 1]);
+        assert!(is_this_host(&host, |ip| *ip == host));
+        assert!(!is_this_host(&v4([10, 200, 0, 2]), |ip| *ip == host));
     }
 
     #[test]

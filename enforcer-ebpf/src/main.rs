@@ -1,6 +1,7 @@
 //! Kernel half of the enforcer: redirect connects toward protected destinations to the agent.
 //!
 //! - `cgroup/connect4`, `cgroup/connect6`: a TCP connect whose destination is in `PROTECTED`
+//!   (under its own address, or, for any address that reaches this host, under `THIS_HOST`)
 //!   gets a [`ConnMeta`] recorded under its socket cookie and its destination rewritten to the
 //!   agent's listener. The agent's own connects (matched by tgid) and everything else pass.
 //!   While no agent is ready (its `HEARTBEAT` is older than `HEARTBEAT_TIMEOUT_NS`), the
@@ -33,7 +34,7 @@ use aya_ebpf::{
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
-        Array, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SockAddrContext, SockOpsContext},
@@ -41,8 +42,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use enforcer_common::{
     AgentConfig, CONFIG_HAS_V6, CONN_MAX_ENTRIES, COUNTERS_LEN, ClientKey, ConnMeta, Counter,
-    FailMode, Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, agent_ready, is_v4_mapped,
-    v4_mapped_from_be,
+    FailMode, HOST_ADDRS_MAX_ENTRIES, Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, THIS_HOST,
+    agent_ready, is_this_host, is_v4_mapped, v4_mapped_from_be,
 };
 
 const AF_INET: u16 = 2;
@@ -67,6 +68,9 @@ static SET_RETVAL: Global<u8> = Global::new(0);
 #[map(name = "PROTECTED")]
 static PROTECTED: LpmTrie<Ip6Words, PortRanges> =
     LpmTrie::with_max_entries(PROTECTED_MAX_ENTRIES, 0);
+
+#[map(name = "HOST_ADDRS")]
+static HOST_ADDRS: HashMap<Ip6Words, u32> = HashMap::with_max_entries(HOST_ADDRS_MAX_ENTRIES, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
@@ -98,12 +102,23 @@ fn config() -> Option<&'static AgentConfig> {
     CONFIG.get(0)
 }
 
-/// The fail mode of `ip`:`port_be` if a connect to it must go through the agent.
+/// The fail mode of `ip`:`port_be` if a connect to it must go through the agent: its own
+/// entry first, then, if it reaches this host, the ports of the services listening here.
 #[inline(always)]
 fn protection(ip: Ip6Words, port_be: u16) -> Option<FailMode> {
-    PROTECTED
-        .get(&Key::new(128, ip))
-        .and_then(|ranges| ranges.lookup(u16::from_be(port_be)))
+    let port = u16::from_be(port_be);
+    let at = |ip: Ip6Words| {
+        PROTECTED
+            .get(&Key::new(128, ip))
+            .and_then(|ranges| ranges.lookup(port))
+    };
+    at(ip).or_else(|| {
+        if is_this_host(&ip, |ip| HOST_ADDRS.get_ptr(ip).is_some()) {
+            at(THIS_HOST)
+        } else {
+            None
+        }
+    })
 }
 
 /// Whether an agent has vouched for itself recently enough to be sent connects.

@@ -24,6 +24,7 @@ use enforcer::{
     binding::{Bindings, MAX_BINDINGS},
     cli::{Cli, Command, ExplainArgs, LogFormat, LogLevel, Output, RunArgs},
     credentials::Fingerprinter,
+    host::{self, HostAddrs},
     identity::Resolver,
     limits::{self, Limiter},
     metrics::{self, Metrics, status::AgentFile},
@@ -80,6 +81,9 @@ fn check(file: &Path, format: Output) -> anyhow::Result<()> {
     }
     match result {
         Ok(p) => {
+            for w in p.warnings() {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} services, {} rules)",
                 file.display(),
@@ -230,15 +234,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         aya_log::Level::Warn
     };
+    // Subscribed before the first reading, so no change in between is missed.
+    let host_events = host::Subscription::new()?;
+    let host_addrs = HostAddrs::read()?;
     let (redirect, logger) = Redirect::install(
         &cgroup,
         &args.pin_path,
         listeners,
         &policy.protected(),
+        &host_addrs,
         kernel_log_level,
     )
     .context("cannot attach")?;
     let redirect = Arc::new(redirect);
+    let host = Arc::new(host::Addresses::new(host_addrs));
+    host::watch(host_events, redirect.clone(), host.clone())?;
     if let Some(logger) = logger {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -267,6 +277,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         fingerprints,
         bindings: Arc::new(bindings),
         resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
+        host,
         anomalies: anomalies.clone(),
         stats: stats.clone(),
         limiter: Limiter::new(),

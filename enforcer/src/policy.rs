@@ -37,7 +37,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{credentials::Credentials, limits::Rate};
+use crate::{credentials::Credentials, host::HostAddrs, limits::Rate};
 
 #[doc(hidden)]
 pub use self::bench::{Synthetic, synthetic};
@@ -102,6 +102,8 @@ pub struct Policy {
     generation: u64,
     /// SHA-256 of the text it was parsed from (hex), to tell which file is in force.
     sha256: String,
+    /// Where the policy leaves a door open (see [`Policy::warnings`]).
+    warnings: Vec<Diagnostic>,
 }
 
 /// A protected API: connects to any of its endpoints go through the agent.
@@ -288,6 +290,7 @@ impl Policy {
             index,
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             sha256: String::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -306,12 +309,19 @@ impl Policy {
             .flat_map(|(name, s)| s.destinations.iter().map(move |d| (name.as_str(), d)))
     }
 
-    /// The service a destination address belongs to, if any (the most specific prefix wins).
-    pub fn service_for(&self, ip: IpAddr, port: u16) -> Option<&str> {
-        let ip = to_v6(ip);
-        self.destinations()
-            .filter(|(_, d)| d.prefix.contains(ip) && d.ports.contains(port))
+    /// The service a destination address belongs to, if any: the most specific prefix that
+    /// holds it, else, for an address that reaches this host (as the kernel decides it, with
+    /// `host`), the local service on that port (`check` refuses two of them on one port).
+    pub fn service_for(&self, ip: IpAddr, port: u16, host: &HostAddrs) -> Option<&str> {
+        let v6 = to_v6(ip);
+        let on_port = || self.destinations().filter(|(_, d)| d.ports.contains(port));
+        on_port()
+            .filter(|(_, d)| d.prefix.contains(v6))
             .max_by_key(|(_, d)| d.prefix.len)
+            .or_else(|| {
+                host.is_this_host(ip)
+                    .then(|| on_port().find(|(_, d)| d.prefix.reaches_this_host(host)))?
+            })
             .map(|(name, _)| name)
     }
 
@@ -346,6 +356,12 @@ impl Policy {
     /// The named identities, in file order.
     pub fn identity_names(&self) -> impl Iterator<Item = &str> {
         self.identities.iter().map(|i| &*i.name)
+    }
+
+    /// Where the policy, valid as it is, leaves a way to a protected API unseen (a service
+    /// given by host name, `failMode: open`), in file order. `enforcer check` prints them.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// Lower-case hex SHA-256 of the policy text, as `sha256sum` prints it for the file.

@@ -41,6 +41,7 @@ use crate::{
     audit::Audit,
     binding::Bindings,
     credentials::Fingerprinter,
+    host::{self, HostAddrs},
     identity::{Identity, Resolver, Unresolved},
     limits::{ConnPermit, Limiter},
     metrics::{Metrics, UpstreamError},
@@ -73,6 +74,8 @@ pub struct Relay {
     /// Who first used each credential with `bindOnFirstUse`.
     pub bindings: Arc<Bindings>,
     pub resolver: Arc<Resolver>,
+    /// This host's addresses: which local service a connection to one of them is for.
+    pub host: Arc<host::Addresses>,
     /// Counts every record for the anomaly detectors.
     pub anomalies: Arc<Detectors>,
     pub stats: Arc<Stats>,
@@ -145,6 +148,7 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>, relay: Arc<Re
             debug!(client = %peer, max, "over the connection limit: reset");
             relay.finish(connection_refused(
                 &policy,
+                &relay.host.current(),
                 &meta,
                 peer,
                 attested_caller(&meta),
@@ -192,7 +196,7 @@ impl Relay {
     ) {
         let dst = redirect::original_destination(&meta);
         let policy = self.store.current();
-        let service = policy.service_for(dst.ip(), dst.port());
+        let service = policy.service_for(dst.ip(), dst.port(), &self.host.current());
         let protocol = service
             .and_then(|name| policy.services.get(name))
             .map_or(Protocol::Http, |s| s.protocol);
@@ -261,6 +265,7 @@ impl Relay {
         );
         self.finish(connection_refused(
             policy,
+            &self.host.current(),
             meta,
             peer,
             Arc::new(crate::audit::Caller::from(identity)),
@@ -342,6 +347,7 @@ impl Relay {
 /// The record of a connection refused for a connection limit: no request was read.
 fn connection_refused(
     policy: &Policy,
+    host: &HostAddrs,
     meta: &ConnMeta,
     client: SocketAddr,
     caller: Arc<crate::audit::Caller>,
@@ -360,7 +366,7 @@ fn connection_refused(
         caller,
         identities,
         service: policy
-            .service_for(dst.ip(), dst.port())
+            .service_for(dst.ip(), dst.port(), host)
             .unwrap_or("unknown")
             .into(),
         client: client.to_string().into(),

@@ -36,12 +36,16 @@ use aya::{
 };
 use enforcer_common::{
     AgentConfig, CONFIG_HAS_V6, CONFIG_MAP, CONN_BY_CLIENT_MAP, COUNTERS_MAP, ClientKey, ConnMeta,
-    Counter, HEARTBEAT_MAP, Ip6Words, LAYOUT_VERSION, MAX_PORT_RANGES, PINNED_MAPS, PROTECTED_MAP,
-    PROTECTED_MAX_ENTRIES, PortRange, PortRanges, agent_ready,
+    Counter, HEARTBEAT_MAP, HOST_ADDRS_MAP, HOST_ADDRS_MAX_ENTRIES, Ip6Words, LAYOUT_VERSION,
+    MAX_PORT_RANGES, PINNED_MAPS, PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange, PortRanges,
+    THIS_HOST, agent_ready,
 };
 use tracing::{info, warn};
 
-use crate::policy::{Destination, FailMode, Ports, Prefix};
+use crate::{
+    host::HostAddrs,
+    policy::{Destination, FailMode, Ports, Prefix},
+};
 
 /// The kernel object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -106,6 +110,8 @@ pub enum Error {
     TooManyPortRanges { prefix: Prefix },
     #[error("more than {PROTECTED_MAX_ENTRIES} protected prefixes")]
     TooManyPrefixes,
+    #[error("more than {HOST_ADDRS_MAX_ENTRIES} host addresses")]
+    TooManyHostAddrs,
     #[error("pin path {}: {what}", path.display())]
     Pin {
         what: &'static str,
@@ -159,11 +165,12 @@ impl Redirect {
         pin_path: &Path,
         listeners: Listeners,
         protected: &[(Destination, FailMode)],
+        host: &HostAddrs,
         kernel_log_level: aya_log::Level,
     ) -> Result<(Self, Option<KernelLog>), Error> {
         check_capabilities()?;
         let cgroup_dir = open_cgroup(cgroup)?;
-        let entries = protected_entries(protected)?;
+        let entries = protected_entries(protected, host)?;
         let pins = Pins::prepare(pin_path)?;
         // Before anything is touched: two agents on one pin path would undo each other.
         if let Some(pid) = running_agent(&pins.maps) {
@@ -192,7 +199,15 @@ impl Redirect {
             .filter_map(Result::ok)
             .map(|k| (k.prefix_len(), k.data()))
             .collect();
-        let mut protected = Protected { map, prefixes };
+        let host_addrs = take_map(&mut ebpf, HOST_ADDRS_MAP)?;
+        let mut protected = Protected {
+            map,
+            prefixes,
+            destinations: protected.to_vec(),
+            host_addrs,
+            host: host.clone(),
+        };
+        protected.set_host_addrs(host)?;
         protected.replace(entries)?;
         let conn_by_client = take_map(&mut ebpf, CONN_BY_CLIENT_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
@@ -272,8 +287,20 @@ impl Redirect {
     /// updated before stale ones are removed, so no destination that stays protected is ever
     /// missing from the map.
     pub fn set_destinations(&self, protected: &[(Destination, FailMode)]) -> Result<(), Error> {
-        let entries = protected_entries(protected)?;
-        lock(&self.protected).replace(entries)
+        let mut current = lock(&self.protected);
+        let entries = protected_entries(protected, &current.host)?;
+        current.replace(entries)?;
+        current.destinations = protected.to_vec();
+        Ok(())
+    }
+
+    /// Make `host` the host's addresses the programs count as "this host", and protect the
+    /// local services at them (a service whose endpoint is a host address is local).
+    pub fn set_host_addrs(&self, host: &HostAddrs) -> Result<(), Error> {
+        let mut current = lock(&self.protected);
+        let entries = protected_entries(&current.destinations, host)?;
+        current.set_host_addrs(host)?;
+        current.replace(entries)
     }
 
     pub fn cgroup(&self) -> &Path {
@@ -648,14 +675,46 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// The protected-destinations map and the prefixes it holds.
+/// The protected-destinations map and the prefixes it holds, and the host addresses map with
+/// the set it holds: the map entries at [`THIS_HOST`] depend on both.
 struct Protected {
     map: LpmTrie<MapData, Ip6Words, PortRanges>,
     /// (prefix length, address words) of every entry in `map`.
     prefixes: BTreeSet<(u32, Ip6Words)>,
+    /// What `map` was filled from.
+    destinations: Vec<(Destination, FailMode)>,
+    host_addrs: HashMap<MapData, Ip6Words, u32>,
+    /// What `host_addrs` holds.
+    host: HostAddrs,
 }
 
 impl Protected {
+    /// Add the addresses of `host` missing from the map, then remove those not in it.
+    fn set_host_addrs(&mut self, host: &HostAddrs) -> Result<(), Error> {
+        let map_err = |source| Error::Map {
+            name: HOST_ADDRS_MAP,
+            source,
+        };
+        if host.len() > HOST_ADDRS_MAX_ENTRIES as usize {
+            return Err(Error::TooManyHostAddrs);
+        }
+        let next: BTreeSet<Ip6Words> = host.iter().map(ip6_words).collect();
+        let stale: Vec<Ip6Words> = self
+            .host_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !next.contains(k))
+            .collect();
+        for key in &next {
+            self.host_addrs.insert(key, &0, 0).map_err(map_err)?;
+        }
+        for key in &stale {
+            self.host_addrs.remove(key).map_err(map_err)?;
+        }
+        self.host = host.clone();
+        Ok(())
+    }
+
     fn replace(&mut self, entries: Vec<(Key<Ip6Words>, PortRanges)>) -> Result<(), Error> {
         let map_err = |source| Error::Map {
             name: PROTECTED_MAP,
@@ -803,7 +862,7 @@ fn check_capabilities() -> Result<(), Error> {
 
 // === map contents ===
 
-fn ip6_words(ip: Ipv6Addr) -> Ip6Words {
+pub(crate) fn ip6_words(ip: Ipv6Addr) -> Ip6Words {
     let o = ip.octets();
     // The kernel compares these as bytes in network order: keep the bytes as they are.
     std::array::from_fn(|i| {
@@ -811,7 +870,7 @@ fn ip6_words(ip: Ipv6Addr) -> Ip6Words {
     })
 }
 
-fn ip6_from_words(words: Ip6Words) -> Ipv6Addr {
+pub(crate) fn ip6_from_words(words: Ip6Words) -> Ipv6Addr {
     let mut o = [0u8; 16];
     for (i, w) in words.iter().enumerate() {
         o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
@@ -856,11 +915,21 @@ fn agent_config(listeners: Listeners) -> AgentConfig {
 
 /// The LPM trie's entries. An LPM lookup returns only the longest matching prefix, so each
 /// entry carries the port ranges of every destination whose prefix covers it, each with its
-/// fail mode; where ranges of both modes overlap, `closed` wins.
+/// fail mode; where ranges of both modes overlap, `closed` wins. The entry at [`THIS_HOST`]
+/// carries the ports of every destination that reaches this host (with `host` as its
+/// addresses), for the programs to look any local address up there.
 fn protected_entries(
     protected: &[(Destination, FailMode)],
+    host: &HostAddrs,
 ) -> Result<Vec<(Key<Ip6Words>, PortRanges)>, Error> {
-    let prefixes: BTreeSet<Prefix> = protected.iter().map(|(d, _)| d.prefix).collect();
+    let this_host = Prefix::host(IpAddr::V6(ip6_from_words(THIS_HOST)));
+    let mut prefixes: BTreeSet<Prefix> = protected.iter().map(|(d, _)| d.prefix).collect();
+    if protected
+        .iter()
+        .any(|(d, _)| d.prefix.reaches_this_host(host))
+    {
+        prefixes.insert(this_host);
+    }
     if prefixes.len() > PROTECTED_MAX_ENTRIES as usize {
         return Err(Error::TooManyPrefixes);
     }
@@ -869,7 +938,11 @@ fn protected_entries(
         .map(|prefix| {
             let covering = || {
                 protected.iter().filter(move |(d, _)| {
-                    d.prefix.len <= prefix.len && d.prefix.contains(prefix.addr)
+                    if prefix == this_host {
+                        d.prefix.reaches_this_host(host)
+                    } else {
+                        d.prefix.len <= prefix.len && d.prefix.contains(prefix.addr)
+                    }
                 })
             };
             let ports_of = |mode| {

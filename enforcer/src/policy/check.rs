@@ -15,8 +15,8 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Anomalies, AuditSink, Burst, Destination, Diagnostic, Limits, Mode, Policy, Prefix, Protocol,
-    Service, Settings, VERSION,
+    Anomalies, AuditSink, Burst, Destination, Diagnostic, FailMode, Limits, Mode, Policy, Ports,
+    Prefix, Protocol, Service, Settings, VERSION,
     caller::{self, IdentityMatcher},
     credential::{self, Builders},
     diagnostic::Diagnostics,
@@ -28,7 +28,10 @@ use super::{
     matcher::{Callers, Rule},
     pattern::{Methods, PathPattern},
 };
-use crate::limits::{Rate, RuleLimits};
+use crate::{
+    host::HostAddrs,
+    limits::{Rate, RuleLimits},
+};
 
 /// Resolves a host name (for `port`, which getaddrinfo wants) to addresses. Injected, so tests
 /// need no DNS.
@@ -49,6 +52,8 @@ pub(super) fn compile(
     resolve: Resolve,
 ) -> Result<Policy, Vec<Diagnostic>> {
     let mut d = Diagnostics::new(file);
+    // Doors the policy leaves open: reported by `check`, never fatal.
+    let mut w = Diagnostics::new(file);
     if let Ok(VersionProbe { version: Some(v) }) = serde_saphyr::from_str::<VersionProbe>(text)
         && v.value != VERSION
     {
@@ -71,7 +76,7 @@ pub(super) fn compile(
     let settings = settings(&mut d, parsed.settings.unwrap_or_default());
     let identities = identities(&mut d, parsed.identities);
     let mut credentials = credential::credentials(&mut d, parsed.credentials, &identities.by_name);
-    let services = services(&mut d, parsed.services, resolve);
+    let services = services(&mut d, &mut w, parsed.services, resolve);
     let rules = rules(
         &mut d,
         parsed.rules.unwrap_or_default(),
@@ -82,14 +87,16 @@ pub(super) fn compile(
     if !d.is_empty() {
         return Err(d.into_sorted());
     }
-    Ok(Policy::new(
+    let mut policy = Policy::new(
         file.to_owned(),
         services,
         settings,
         identities.list,
         rules,
         credentials.build(),
-    ))
+    );
+    policy.warnings = w.into_sorted();
+    Ok(policy)
 }
 
 fn unsupported_version(d: &mut Diagnostics, v: &Spanned<u32>) {
@@ -507,6 +514,7 @@ fn identity(d: &mut Diagnostics, key: &Spanned<String>, f: IdentityFile) -> Iden
 
 fn services(
     d: &mut Diagnostics,
+    w: &mut Diagnostics,
     services: Spanned<Option<Entries<ServiceFile>>>,
     resolve: Resolve,
 ) -> BTreeMap<String, Service> {
@@ -518,11 +526,28 @@ fn services(
         );
     }
     let mut map = BTreeMap::new();
+    // Ports of the services that listen on this host, with where each was given.
+    let mut local: Vec<(String, Ports, Location)> = Vec::new();
     for (key, svc) in entries {
         name(d, "service name", &key);
         let protocol = svc.protocol.unwrap_or_default();
-        let fail_mode = svc.fail_mode.unwrap_or_default();
-        let destinations = destinations(d, &key, svc, resolve);
+        let fail_mode = svc
+            .fail_mode
+            .as_ref()
+            .map_or_else(FailMode::default, |m| m.value);
+        if let Some(mode) = &svc.fail_mode
+            && mode.value == FailMode::Open
+        {
+            w.at(
+                &mode.referenced,
+                format!(
+                    "service `{}` has `failMode: open`: while no agent is ready (starting, \
+                     restarting, hung), its connects reach it unseen",
+                    key.value
+                ),
+            );
+        }
+        let destinations = destinations(d, w, &key, svc, resolve, &mut local);
         map.insert(
             key.value,
             Service {
@@ -532,14 +557,30 @@ fn services(
             },
         );
     }
+    for (i, (service, ports, at)) in local.iter().enumerate() {
+        if let Some((other, other_ports, _)) = local[..i].iter().find(|(other, p, _)| {
+            other != service && p.first <= ports.last && ports.first <= p.last
+        }) {
+            d.at(
+                at,
+                format!(
+                    "services `{other}` and `{service}` both listen on this host, at port \
+                     {other_ports} and {ports}: a connect to any local address reaches both, so \
+                     they must not share a port"
+                ),
+            );
+        }
+    }
     map
 }
 
 fn destinations(
     d: &mut Diagnostics,
+    w: &mut Diagnostics,
     key: &Spanned<String>,
     svc: ServiceFile,
     resolve: Resolve,
+    local: &mut Vec<(String, Ports, Location)>,
 ) -> Vec<Destination> {
     if svc.endpoints.value.is_empty() {
         d.at(
@@ -554,6 +595,18 @@ fn destinations(
         }
     };
     for ep in svc.endpoints.value {
+        let mut push = |dst: Destination| {
+            // Only what is local on every host: the host's own addresses are the agent's to
+            // know, when it runs.
+            if dst.prefix.reaches_this_host(&HostAddrs::default())
+                && !local
+                    .iter()
+                    .any(|(s, p, _)| *s == key.value && *p == dst.ports)
+            {
+                local.push((key.value.clone(), dst.ports, ep.referenced));
+            }
+            push(dst);
+        };
         match ep.value.parse::<Endpoint>() {
             Err(e) => d.at(&ep.referenced, e),
             Ok(Endpoint::Prefix(prefix, ports)) => push(Destination { prefix, ports }),
@@ -565,6 +618,23 @@ fn destinations(
                     );
                 }
                 Ok(addrs) => {
+                    let shown: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                    // A name of this host (`localhost`) is covered at every local address.
+                    let remote = addrs
+                        .iter()
+                        .any(|&ip| !HostAddrs::default().is_this_host(ip));
+                    if remote {
+                        w.at(
+                            &ep.referenced,
+                            format!(
+                                "endpoint `{}` names a host: only the addresses it resolves to now \
+                             ({}) are protected, until the policy is reloaded; other addresses \
+                             of the same API are not",
+                                ep.value,
+                                shown.join(", ")
+                            ),
+                        );
+                    }
                     for ip in addrs {
                         push(Destination {
                             prefix: Prefix::host(ip),

@@ -2,9 +2,11 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
+
+use crate::host::HostAddrs;
 
 /// An address prefix and a port range, both inclusive. IPv4 is kept IPv4-mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,23 @@ impl Prefix {
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         u128::from(ip) & mask(self.len) == u128::from(self.addr)
     }
+
+    /// Whether the prefix holds an address a connect to which this host answers (unspecified,
+    /// loopback, or one of `host`): a service there is protected on its ports at every such
+    /// address, since a server bound to the wildcard answers at all of them.
+    pub fn reaches_this_host(&self, host: &HostAddrs) -> bool {
+        // The first address of each range `is_this_host` knows without `host`: a prefix
+        // holding one of them, or lying inside one, holds a local address.
+        const LOCAL_RANGES: [Ipv6Addr; 4] = [
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::LOCALHOST,
+            Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+            Ipv4Addr::new(127, 0, 0, 0).to_ipv6_mapped(),
+        ];
+        host.is_this_host(IpAddr::V6(self.addr))
+            || LOCAL_RANGES.iter().any(|&ip| self.contains(ip))
+            || host.iter().any(|ip| self.contains(ip))
+    }
 }
 
 fn mask(len: u8) -> u128 {
@@ -100,6 +119,16 @@ impl fmt::Display for Prefix {
 impl Ports {
     pub fn contains(&self, port: u16) -> bool {
         self.first <= port && port <= self.last
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
     }
 }
 

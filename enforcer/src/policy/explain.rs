@@ -13,7 +13,10 @@ use super::{
     check::{Resolve, system_resolve},
     matcher::Callers,
 };
-use crate::identity::{Cgroup, Identity, Process, sha256_hex};
+use crate::{
+    host::HostAddrs,
+    identity::{Cgroup, Identity, Process, sha256_hex},
+};
 
 /// What `explain` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +109,10 @@ pub fn explain(
     method: &str,
     url: &str,
 ) -> Result<Explanation, ExplainError> {
-    explain_with(policy, identity, method, url, &system_resolve)
+    // Without the interface addresses, only loopback and the unspecified address count as
+    // this host: an explanation of an address of this host then says "unprotected".
+    let host = HostAddrs::read().unwrap_or_default();
+    explain_with(policy, identity, method, url, &system_resolve, &host)
 }
 
 pub(super) fn explain_with(
@@ -115,6 +121,7 @@ pub(super) fn explain_with(
     method: &str,
     url: &str,
     resolve: Resolve,
+    host: &HostAddrs,
 ) -> Result<Explanation, ExplainError> {
     let bad = |why| ExplainError::Url {
         url: url.to_owned(),
@@ -147,7 +154,7 @@ pub(super) fn explain_with(
     };
     let protected = addrs
         .iter()
-        .find_map(|&ip| Some((ip, policy.service_for(ip, target.port)?)));
+        .find_map(|&ip| Some((ip, policy.service_for(ip, target.port, host)?)));
     let ip = protected.map_or(addrs[0], |(ip, _)| ip);
     let caller = policy.classify(identity);
     let mut explanation = Explanation {

@@ -132,7 +132,7 @@ pub(super) struct ServiceFile {
     #[serde(default)]
     pub protocol: Option<Protocol>,
     #[serde(default, rename = "failMode")]
-    pub fail_mode: Option<FailMode>,
+    pub fail_mode: Option<Spanned<FailMode>>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ mod anomalies;
 mod check;
 mod credentials;
 mod decide;
+mod destinations;
 mod explain;
 mod identity;
 mod pattern;
@@ -18,7 +19,10 @@ use std::{
 };
 
 use super::*;
-use crate::identity::{Cgroup, Identity, Process};
+use crate::{
+    host::HostAddrs,
+    identity::{Cgroup, Identity, Process},
+};
 
 /// Resolves the few names tests use, without DNS.
 fn fake_resolve(host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
@@ -148,11 +152,11 @@ fn shipped_default_policy_checks_and_decides() {
 
     let p = policy(SHIPPED);
     assert_eq!(
-        p.service_for("127.0.0.1".parse().unwrap(), 18080),
+        p.service_for("127.0.0.1".parse().unwrap(), 18080, &HostAddrs::default()),
         Some("demo-api")
     );
     assert_eq!(
-        p.service_for("::1".parse().unwrap(), 18080),
+        p.service_for("::1".parse().unwrap(), 18080, &HostAddrs::default()),
         Some("demo-api")
     );
     let curl = p.classify(&who().exe("/usr/bin/curl").0);
@@ -307,10 +311,13 @@ fn host_names_resolve_at_load() {
     );
     let p = policy("version: 1\nservices:\n  pay:\n    endpoints: [\"payments.internal:8080\"]\n");
     assert_eq!(
-        p.service_for("10.20.0.5".parse().unwrap(), 8080),
+        p.service_for("10.20.0.5".parse().unwrap(), 8080, &HostAddrs::default()),
         Some("pay")
     );
-    assert_eq!(p.service_for("fd00::5".parse().unwrap(), 8080), Some("pay"));
+    assert_eq!(
+        p.service_for("fd00::5".parse().unwrap(), 8080, &HostAddrs::default()),
+        Some("pay")
+    );
 }
 
 #[test]
@@ -320,12 +327,21 @@ fn service_for_prefers_the_longest_prefix() {
          narrow:\n    endpoints: [\"10.1.0.0/16:80\"]\n",
     );
     assert_eq!(
-        p.service_for("10.1.2.3".parse().unwrap(), 80),
+        p.service_for("10.1.2.3".parse().unwrap(), 80, &HostAddrs::default()),
         Some("narrow")
     );
-    assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 80), Some("wide"));
-    assert_eq!(p.service_for("10.2.2.3".parse().unwrap(), 81), None);
-    assert_eq!(p.service_for("11.0.0.1".parse().unwrap(), 80), None);
+    assert_eq!(
+        p.service_for("10.2.2.3".parse().unwrap(), 80, &HostAddrs::default()),
+        Some("wide")
+    );
+    assert_eq!(
+        p.service_for("10.2.2.3".parse().unwrap(), 81, &HostAddrs::default()),
+        None
+    );
+    assert_eq!(
+        p.service_for("11.0.0.1".parse().unwrap(), 80, &HostAddrs::default()),
+        None
+    );
 }
 
 #[test]

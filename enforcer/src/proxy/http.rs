@@ -36,6 +36,7 @@ use crate::{
     audit::{self, Caller, Record},
     binding,
     credentials::{CredentialCheck, UnixTime},
+    host::HostAddrs,
     http::{
         self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
         ResponseKind,
@@ -79,13 +80,19 @@ struct Classified {
 }
 
 impl Classified {
-    fn new(policy: Arc<Policy>, ids: IdentitySet, limits: IdentityLimits, dst: SocketAddr) -> Self {
+    fn new(
+        policy: Arc<Policy>,
+        ids: IdentitySet,
+        limits: IdentityLimits,
+        dst: SocketAddr,
+        host: &HostAddrs,
+    ) -> Self {
         Self {
             names: ids.shared_names().into(),
             ids,
             limits,
             service: policy
-                .service_for(dst.ip(), dst.port())
+                .service_for(dst.ip(), dst.port(), host)
                 .unwrap_or("unknown")
                 .into(),
             policy,
@@ -111,7 +118,13 @@ pub(super) async fn serve(
     let mut cbuf = BytesMut::with_capacity(BUFFER);
     let mut upstream: Option<Upstream> = None;
     // Which policy identities the caller matches, per policy: classified once per policy.
-    let mut classified = Classified::new(conn.policy, conn.ids, conn.limits, conn.dst);
+    let mut classified = Classified::new(
+        conn.policy,
+        conn.ids,
+        conn.limits,
+        conn.dst,
+        &relay.host.current(),
+    );
     let dst: Arc<str> = conn.dst.to_string().into();
     let peer: Arc<str> = conn.peer.to_string().into();
     // Reused for every request head sent upstream.
@@ -137,7 +150,8 @@ pub(super) async fn serve(
         if !Arc::ptr_eq(&classified.policy, &policy) {
             let ids = policy.classify(&conn.identity);
             let limits = relay.limiter.identity(&policy, ids.shared_names().first());
-            classified = Classified::new(policy.clone(), ids, limits, conn.dst);
+            classified =
+                Classified::new(policy.clone(), ids, limits, conn.dst, &relay.host.current());
         }
         let Classified {
             ids,

@@ -39,12 +39,15 @@ fn ranges(r: &PortRanges) -> Vec<(u16, u16)> {
 
 #[test]
 fn longer_prefixes_inherit_covering_ports() {
-    let entries = protected_entries(&[
-        dest("10.0.0.0/8", (80, 80)),
-        dest("10.1.0.0/16", (443, 443)),
-        dest("10.1.0.0/16", (444, 450)),
-        dest("10.1.0.0/16", (79, 81)),
-    ])
+    let entries = protected_entries(
+        &[
+            dest("10.0.0.0/8", (80, 80)),
+            dest("10.1.0.0/16", (443, 443)),
+            dest("10.1.0.0/16", (444, 450)),
+            dest("10.1.0.0/16", (79, 81)),
+        ],
+        &HostAddrs::default(),
+    )
     .unwrap();
     assert_eq!(entries.len(), 2);
     let by_len = |len: u32| {
@@ -69,12 +72,15 @@ fn modes(r: &PortRanges) -> Vec<(u16, u16, bool)> {
 
 #[test]
 fn fail_modes_follow_ranges_and_closed_wins_overlaps() {
-    let entries = protected_entries(&[
-        open("10.0.0.0/8", (8000, 8099)),
-        dest("10.1.0.0/16", (8050, 8059)),
-        open("10.1.0.0/16", (9000, 9000)),
-        dest("10.1.0.0/16", (9001, 9001)),
-    ])
+    let entries = protected_entries(
+        &[
+            open("10.0.0.0/8", (8000, 8099)),
+            dest("10.1.0.0/16", (8050, 8059)),
+            open("10.1.0.0/16", (9000, 9000)),
+            dest("10.1.0.0/16", (9001, 9001)),
+        ],
+        &HostAddrs::default(),
+    )
     .unwrap();
     let by_len = |len: u32| {
         entries
@@ -101,6 +107,44 @@ fn fail_modes_follow_ranges_and_closed_wins_overlaps() {
 }
 
 #[test]
+fn local_services_are_protected_at_this_host() {
+    let host = HostAddrs::new(["10.200.0.1".parse().unwrap()]);
+    let entries = protected_entries(
+        &[
+            dest("127.0.0.1/32", (8080, 8080)),
+            open("::1/128", (9000, 9001)),
+            dest("10.200.0.1/32", (7000, 7000)),
+            dest("10.200.0.0/24", (6000, 6000)),
+            dest("192.0.2.1/32", (80, 80)),
+        ],
+        &host,
+    )
+    .unwrap();
+    let this_host: Vec<_> = entries
+        .iter()
+        .filter(|(k, _)| k.prefix_len() == 128 && k.data() == THIS_HOST)
+        .map(|(_, r)| modes(r))
+        .collect();
+    assert_eq!(
+        this_host,
+        vec![vec![
+            (6000, 6000, false),
+            (7000, 7000, false),
+            (8080, 8080, false),
+            (9000, 9001, true),
+        ]],
+        "a remote address's ports stay at its own entry only"
+    );
+    assert_eq!(entries.len(), 6, "every exact entry is kept too");
+    let without_host_addr = protected_entries(
+        &[dest("10.200.0.1/32", (7000, 7000))],
+        &HostAddrs::default(),
+    )
+    .unwrap();
+    assert_eq!(without_host_addr.len(), 1, "not a host address: not local");
+}
+
+#[test]
 fn subtracting_port_ranges() {
     let p = |first, last| Ports { first, last };
     assert_eq!(subtract(vec![p(1, 65535)], &[p(1, 1)]), vec![p(2, 65535)]);
@@ -120,7 +164,7 @@ fn too_many_port_ranges_is_an_error() {
     let many: Vec<_> = (0..=MAX_PORT_RANGES as u16)
         .map(|i| dest("10.0.0.1/32", (1000 + 2 * i, 1000 + 2 * i)))
         .collect();
-    let Err(err) = protected_entries(&many) else {
+    let Err(err) = protected_entries(&many, &HostAddrs::default()) else {
         panic!("accepted {} ranges", many.len());
     };
     assert_eq!(

@@ -3,7 +3,14 @@
 use super::{super::explain::explain_with, *};
 
 fn run(p: &Policy, identity: &Identity, method: &str, url: &str) -> String {
-    match explain_with(p, identity, method, url, &fake_resolve) {
+    match explain_with(
+        p,
+        identity,
+        method,
+        url,
+        &fake_resolve,
+        &HostAddrs::default(),
+    ) {
         Ok(e) => e.to_string(),
         Err(e) => format!("error: {e}"),
     }
