@@ -22,7 +22,7 @@ use enforcer::{
     anomaly::{self, Detectors},
     audit::Audit,
     binding::{Bindings, MAX_BINDINGS},
-    credentials::Fingerprinter,
+    credentials::{Fingerprinter, SourceMetrics},
     identity::Resolver,
     limits::{self, Limiter},
     metrics::{self, Metrics},
@@ -317,12 +317,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let bindings = Bindings::open(&args.state_dir.join("bindings.jsonl"), MAX_BINDINGS)?;
     let services = policy.services.len();
     let anomalies = Arc::new(Detectors::new(&policy.settings.anomalies));
+    let sources = Arc::new(SourceMetrics::new().context("BUG: credential source metrics")?);
     if let Some(metrics) = &metrics {
         anomalies
             .register(metrics.registry())
             .context("BUG: anomaly metrics registration")?;
+        sources
+            .register(metrics.registry())
+            .context("BUG: credential source metrics registration")?;
     }
-    let store = Arc::new(PolicyStore::new(policy));
+    let store = Arc::new(PolicyStore::new(policy, sources));
     let relay_store = store.clone();
     let stats = Arc::new(Stats::default());
     let relay = Arc::new(Relay {

@@ -20,6 +20,7 @@ use super::{
     jwk::{JwksError, KeySet},
     jwks_file::GENERATIONS,
     jwt::JwtError,
+    metrics::{SourceKind, SourceMetrics},
     oauth2::{FetchError, HttpsUrl, OAuth2Error, backoff, exchange, tls_config},
 };
 
@@ -146,13 +147,19 @@ impl JwksUrl {
 
 /// Keep `jwks` fetched, until aborted. `first`: wait before the first fetch (keys taken over
 /// from the previous policy are fresh enough).
-pub(super) async fn run(jwks: Arc<JwksUrl>, first: Duration) {
+pub(super) async fn run(
+    jwks: Arc<JwksUrl>,
+    credential: Arc<str>,
+    sources: Arc<SourceMetrics>,
+    first: Duration,
+) {
     tokio::time::sleep(first).await;
     let mut failures = 0u32;
     loop {
         let wait = match jwks.fetch().await {
             Ok(keys) => {
                 failures = 0;
+                sources.succeeded(SourceKind::JwksUrl, &credential);
                 info!(
                     event = "keys_loaded",
                     url = jwks.url(),
@@ -163,6 +170,7 @@ pub(super) async fn run(jwks: Arc<JwksUrl>, first: Duration) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                sources.failed(SourceKind::JwksUrl, &credential, (&e).into());
                 let wait = backoff(failures);
                 error!(
                     event = "keys_rejected",

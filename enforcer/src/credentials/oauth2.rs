@@ -33,6 +33,7 @@ use tracing::{error, info};
 use super::{
     inject::{Injection, MAX_INJECTED_BYTES, Secret},
     jwks_url::JwksUrl,
+    metrics::{SourceKind, SourceMetrics},
 };
 
 /// Largest token response read, head and body: a token response is a few hundred bytes; the
@@ -645,13 +646,17 @@ impl fmt::Debug for Refreshers {
 // === impl Refreshers ===
 
 impl Refreshers {
-    /// Start one task per OAuth2 injection in `injections`. An injection asking for the same
-    /// token as one in `previous` (the policy being replaced) takes over its token and refresh
-    /// time, so a reload does not leave requests without a credential. Must run inside a tokio
-    /// runtime.
-    pub fn start(injections: &[Arc<Injection>], previous: &[Arc<Injection>]) -> Self {
+    /// Start one task per OAuth2 injection in `injections` (by rule id). An injection asking
+    /// for the same token as one in `previous` (the policy being replaced) takes over its token
+    /// and refresh time, so a reload does not leave requests without a credential. Each task
+    /// reports to `sources`. Must run inside a tokio runtime.
+    pub fn start(
+        injections: &[(Arc<str>, Arc<Injection>)],
+        previous: &[Arc<Injection>],
+        sources: &Arc<SourceMetrics>,
+    ) -> Self {
         let mut tasks = Vec::new();
-        for injection in injections {
+        for (rule, injection) in injections {
             let Some(oauth2) = injection.oauth2_source() else {
                 continue;
             };
@@ -669,22 +674,34 @@ impl Refreshers {
                 *lock(&oauth2.refresh_at) = Some(at);
                 first = at.saturating_duration_since(Instant::now());
             }
-            tasks.push(tokio::spawn(run(injection.clone(), first)).abort_handle());
+            let task = run(injection.clone(), rule.clone(), sources.clone(), first);
+            tasks.push(tokio::spawn(task).abort_handle());
         }
         Self { tasks }
     }
 }
 
 impl Refreshers {
-    /// Start one task per JWKS URL in `jwks`. One fetching the same set as one in `previous`
-    /// takes over its keys (and fetches again at once). Must run inside a tokio runtime.
-    pub fn add_jwks(&mut self, jwks: &[Arc<JwksUrl>], previous: &[Arc<JwksUrl>]) {
-        for j in jwks {
+    /// Start one task per JWKS URL in `jwks` (by credential name). One fetching the same set
+    /// as one in `previous` takes over its keys (and fetches again at once). Must run inside a
+    /// tokio runtime.
+    pub fn add_jwks(
+        &mut self,
+        jwks: &[(Arc<str>, Arc<JwksUrl>)],
+        previous: &[Arc<JwksUrl>],
+        sources: &Arc<SourceMetrics>,
+    ) {
+        for (credential, j) in jwks {
             if let Some(old) = previous.iter().find(|o| o.same_as(j)) {
                 j.take_keys_from(old);
             }
-            let task = tokio::spawn(super::jwks_url::run(j.clone(), Duration::ZERO));
-            self.tasks.push(task.abort_handle());
+            let task = super::jwks_url::run(
+                j.clone(),
+                credential.clone(),
+                sources.clone(),
+                Duration::ZERO,
+            );
+            self.tasks.push(tokio::spawn(task).abort_handle());
         }
     }
 }
@@ -702,7 +719,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Keep `injection`'s token fresh, until aborted. Never ends otherwise.
-async fn run(injection: Arc<Injection>, first: Duration) {
+async fn run(
+    injection: Arc<Injection>,
+    rule: Arc<str>,
+    sources: Arc<SourceMetrics>,
+    first: Duration,
+) {
     let Some(oauth2) = injection.oauth2_source() else {
         return;
     };
@@ -713,6 +735,7 @@ async fn run(injection: Arc<Injection>, first: Duration) {
         let wait = match oauth2.fetch().await {
             Ok(token) => {
                 failures = 0;
+                sources.succeeded(SourceKind::OAuth2, &rule);
                 let delay = refresh_delay(token.lifetime);
                 injection.set_value(Arc::new(token.value));
                 *lock(&oauth2.refresh_at) = Some(Instant::now() + delay);
@@ -726,6 +749,7 @@ async fn run(injection: Arc<Injection>, first: Duration) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                sources.failed(SourceKind::OAuth2, &rule, (&e).into());
                 let wait = backoff(failures);
                 error!(
                     event = "token_failed",
@@ -937,7 +961,12 @@ mod tests {
             make("https://auth.invalid/t"),
             make("https://other.invalid/t"),
         );
-        let refreshers = Refreshers::start(&[same.clone(), other.clone()], &[old]);
+        let sources = Arc::new(SourceMetrics::new().unwrap());
+        let refreshers = Refreshers::start(
+            &[("a".into(), same.clone()), ("b".into(), other.clone())],
+            &[old],
+            &sources,
+        );
         assert_eq!(same.value().unwrap().expose(), b"Bearer old");
         assert!(other.value().is_none());
         assert_eq!(format!("{refreshers:?}"), "Refreshers { tasks: 2 }");
