@@ -47,6 +47,7 @@
 mod apikey;
 mod cache;
 mod fingerprint;
+mod https;
 mod inject;
 mod json;
 mod jwk;
