@@ -17,6 +17,9 @@
 //!   `oauth2.rs`, an OAuth2 client-credentials token kept fresh by a task per injection
 //!   ([`Refreshers`], started and stopped with the policy in force by `reload::PolicyStore`).
 //! - `jwks_url.rs`: a JWKS fetched over HTTPS and refreshed by a task ([`JwksUrl`]).
+//! - `https.rs`: the HTTPS client of both (hyper-util over hyper-rustls: addresses raced,
+//!   `HTTPS_PROXY`/`NO_PROXY` honoured).
+//! - `metrics.rs`: each source's health, by kind and policy name ([`SourceMetrics`]).
 //!
 //! What the proxy does with it:
 //!
