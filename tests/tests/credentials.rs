@@ -784,7 +784,14 @@ struct ProxyEnv(Vec<(&'static str, Option<std::ffi::OsString>)>);
 
 impl ProxyEnv {
     fn set(https_proxy: &str) -> Self {
-        let names = ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"];
+        let names = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ];
         let saved = names.iter().map(|&n| (n, std::env::var_os(n))).collect();
         // SAFETY: end-to-end tests run one at a time (`--test-threads=1`) and no other
         // thread of this test reads the environment meanwhile.

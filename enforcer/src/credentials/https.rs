@@ -4,8 +4,8 @@
 //! - A name's addresses are raced (happy eyeballs, hyper-util's `HttpConnector`): one dead
 //!   address of the preferred family costs 300 ms before the other family is tried, not the
 //!   whole budget.
-//! - `HTTPS_PROXY` (or `https_proxy`) and `NO_PROXY` are honoured: a source the proxy
-//!   intercepts is reached through an HTTP `CONNECT` tunnel, with TLS end to end.
+//! - `HTTPS_PROXY` (or `https_proxy`, else `ALL_PROXY`) and `NO_PROXY` are honoured, as
+//!   hyper-util's matcher reads them (curl's rules): a source the proxy intercepts is reached through an HTTP `CONNECT` tunnel, with TLS end to end.
 //! - Trust: the source's `caFile` only, or else the compiled-in Mozilla roots.
 //! - One request per connection (no pool: a source is fetched a few times an hour), the whole
 //!   exchange within [`EXCHANGE_TIMEOUT`], the body bounded by [`MAX_RESPONSE_BYTES`].
@@ -114,7 +114,7 @@ impl HttpsClient {
         };
         let tls = tls_config(ca_file)?;
         let https = HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls)
             .https_only()
             .enable_http1()
             .wrap_connector(route);
@@ -223,7 +223,7 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
 
 /// The TLS settings for an HTTPS fetch: trust `ca_file`'s certificates only, or else the
 /// compiled-in Mozilla roots.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, OAuth2Error> {
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, OAuth2Error> {
     let roots = match ca_file {
         Some(path) => ca_roots(path)?,
         None => rustls::RootCertStore {
@@ -237,7 +237,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, OAuth
         .expect("ring supports rustls's default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(tls))
+    Ok(tls)
 }
 
 fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, OAuth2Error> {
