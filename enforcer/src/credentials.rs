@@ -17,6 +17,9 @@
 //!   `oauth2.rs`, an OAuth2 client-credentials token kept fresh by a task per injection
 //!   ([`Refreshers`], started and stopped with the policy in force by `reload::PolicyStore`).
 //! - `jwks_url.rs`: a JWKS fetched over HTTPS and refreshed by a task ([`JwksUrl`]).
+//! - `https.rs`: the HTTPS client of both (hyper-util over hyper-rustls: addresses raced,
+//!   `HTTPS_PROXY`/`NO_PROXY` honoured).
+//! - `metrics.rs`: each source's health, by kind and policy name ([`SourceMetrics`]).
 //!
 //! What the proxy does with it:
 //!
@@ -47,6 +50,7 @@
 mod apikey;
 mod cache;
 mod fingerprint;
+mod https;
 mod inject;
 mod json;
 mod jwk;
@@ -54,6 +58,7 @@ mod jwks_file;
 mod jwks_url;
 mod jws;
 mod jwt;
+mod metrics;
 mod oauth2;
 mod time;
 
@@ -78,6 +83,7 @@ pub use self::{
         DEFAULT_CACHE_ENTRIES, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_BYTES, JwtConfig, JwtError,
         JwtVerifier, Keys, Kid, Malformed, Part, VerifiedJwt, bearer,
     },
+    metrics::{SourceFailure, SourceKind, SourceMetrics},
     oauth2::{
         FetchError, HttpsUrl, OAuth2, OAuth2Error, Refreshers, Token, TokenError, backoff,
         parse_token_response, refresh_delay,
@@ -507,13 +513,30 @@ impl Credentials {
         out
     }
 
-    /// The JWKS URLs of the credentials, for their refresher tasks ([`Refreshers::add_jwks`]).
-    pub fn jwks_urls(&self) -> Vec<Arc<JwksUrl>> {
+    /// The JWKS URLs of the credentials with the credential's name, for their refresher tasks
+    /// ([`Refreshers::add_jwks`]).
+    pub fn jwks_urls(&self) -> Vec<(Arc<str>, Arc<JwksUrl>)> {
         self.list
             .iter()
             .filter_map(|c| match &c.verifier {
                 Verifier::Jwt(v) => match v.keys() {
-                    Keys::Url(u) => Some(u.clone()),
+                    Keys::Url(u) => Some((c.name.clone(), u.clone())),
+                    _ => None,
+                },
+                Verifier::ApiKey(_) => None,
+            })
+            .collect()
+    }
+
+    /// The credentials whose keys come from a JWKS file or URL, for the source metrics:
+    /// `Some(keys in force)` for a file, `None` for a URL (its task reports it).
+    pub fn key_sources(&self) -> Vec<(Arc<str>, Option<bool>)> {
+        self.list
+            .iter()
+            .filter_map(|c| match &c.verifier {
+                Verifier::Jwt(v) => match v.keys() {
+                    Keys::File(f) => Some((c.name.clone(), Some(f.status().is_ok()))),
+                    Keys::Url(_) => Some((c.name.clone(), None)),
                     _ => None,
                 },
                 Verifier::ApiKey(_) => None,

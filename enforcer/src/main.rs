@@ -23,7 +23,7 @@ use enforcer::{
     audit::Audit,
     binding::{Bindings, MAX_BINDINGS},
     cli::{Cli, Command, ExplainArgs, LogFormat, LogLevel, Output, RunArgs},
-    credentials::Fingerprinter,
+    credentials::{Fingerprinter, SourceMetrics},
     host::{self, HostAddrs},
     identity::Resolver,
     limits::{self, Limiter},
@@ -263,12 +263,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let bindings = Bindings::open(&args.state_dir.join("bindings.jsonl"), MAX_BINDINGS)?;
     let services = policy.services.len();
     let anomalies = Arc::new(Detectors::new(&policy.settings.anomalies));
+    let sources = Arc::new(SourceMetrics::new().context("BUG: credential source metrics")?);
     if let Some(metrics) = &metrics {
         anomalies
             .register(metrics.registry())
             .context("BUG: anomaly metrics registration")?;
+        sources
+            .register(metrics.registry())
+            .context("BUG: credential source metrics registration")?;
     }
-    let store = Arc::new(PolicyStore::new(policy));
+    let store = Arc::new(PolicyStore::new(policy, sources));
     let relay_store = store.clone();
     let stats = Arc::new(Stats::default());
     let relay = Arc::new(Relay {

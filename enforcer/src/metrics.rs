@@ -28,7 +28,7 @@ use std::{
 };
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
@@ -274,6 +274,11 @@ impl Metrics {
         registry.register(Box::new(connections_active.clone()))?;
         let agent = Arc::new(OnceLock::new());
         registry.register(Box::new(Scraped::new(agent.clone())?))?;
+        // The standard `process_*` families (CPU, memory, descriptors, start time), read from
+        // /proc/self at scrape time.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             requests,
@@ -374,10 +379,17 @@ struct Scraped {
     connections: IntCounterVec,
     rejected: IntCounterVec,
     reloads: IntCounterVec,
+    reload_successful: IntGaugeVec,
+    reload_times: GaugeVec,
     policy: IntGaugeVec,
+    audit_lost: IntCounterVec,
     audit_failures: IntCounterVec,
     audit_dropped: IntCounterVec,
 }
+
+/// Why an audit record was lost: the `reason` of `enforcer_audit_records_lost_total`.
+const LOST_QUEUE_FULL: &str = "queue_full";
+const LOST_WRITE_ERROR: &str = "write_error";
 
 // === impl Scraped ===
 
@@ -410,6 +422,22 @@ impl Scraped {
                  previous policy in force.",
                 &["result"],
             )?,
+            reload_successful: IntGaugeVec::new(
+                Opts::new(
+                    "enforcer_policy_last_reload_successful",
+                    "1 if the last policy reload attempt succeeded (or none was made yet), else \
+                     0: the file on disk is not the policy in force.",
+                ),
+                &[],
+            )?,
+            reload_times: GaugeVec::new(
+                Opts::new(
+                    "enforcer_policy_last_reload_timestamp_seconds",
+                    "When the policy was last loaded successfully (the initial load counts), or \
+                     last attempted, by result (Unix time).",
+                ),
+                &["result"],
+            )?,
             policy: IntGaugeVec::new(
                 Opts::new(
                     "enforcer_policy_info",
@@ -418,26 +446,34 @@ impl Scraped {
                 ),
                 &["hash", "version", "source"],
             )?,
+            audit_lost: counter(
+                "enforcer_audit_records_lost_total",
+                "Audit records lost, by reason: the writer's queue was full, or the write failed.",
+                &["reason"],
+            )?,
             audit_failures: counter(
                 "enforcer_audit_write_failures_total",
-                "Audit records lost because writing them failed.",
+                "Deprecated: enforcer_audit_records_lost_total{reason=\"write_error\"}.",
                 &[],
             )?,
             audit_dropped: counter(
                 "enforcer_audit_records_dropped_total",
-                "Audit records lost: the writer's queue was full, or the write failed.",
+                "Deprecated: sum of enforcer_audit_records_lost_total.",
                 &[],
             )?,
         })
     }
 
-    fn families(&self) -> [&dyn Collector; 7] {
+    fn families(&self) -> [&dyn Collector; 10] {
         [
             &self.kernel,
             &self.connections,
             &self.rejected,
             &self.reloads,
+            &self.reload_successful,
+            &self.reload_times,
             &self.policy,
+            &self.audit_lost,
             &self.audit_failures,
             &self.audit_dropped,
         ]
@@ -459,6 +495,7 @@ impl Collector for Scraped {
         self.reloads.reset();
         self.rejected.reset();
         self.policy.reset();
+        self.audit_lost.reset();
         for c in [&self.connections, &self.audit_failures, &self.audit_dropped] {
             c.reset();
         }
@@ -479,6 +516,18 @@ impl Collector for Scraped {
         self.reloads
             .with_label_values(&["failure"])
             .inc_by(agent.store.failures.load(Relaxed));
+        let store = &agent.store;
+        self.reload_successful
+            .with_label_values(&[] as &[&str])
+            .set(i64::from(store.last_reload_successful.load(Relaxed)));
+        for (result, ms) in [
+            ("success", &store.last_success_ms),
+            ("attempt", &store.last_attempt_ms),
+        ] {
+            self.reload_times
+                .with_label_values(&[result])
+                .set(ms.load(Relaxed) as f64 / 1e3);
+        }
         let current = agent.store.current();
         self.policy
             .with_label_values(&[
@@ -487,12 +536,23 @@ impl Collector for Scraped {
                 &current.source().display().to_string(),
             ])
             .set(1);
+        // `dropped` counts every loss and `write_failures` those of a failed write; the rest
+        // found the queue full (or its writer gone). A failure counted between the two loads is
+        // clamped so the difference never goes negative.
+        let dropped = agent.audit.dropped.load(Relaxed);
+        let write_failures = agent.audit.write_failures.load(Relaxed).min(dropped);
+        self.audit_lost
+            .with_label_values(&[LOST_QUEUE_FULL])
+            .inc_by(dropped - write_failures);
+        self.audit_lost
+            .with_label_values(&[LOST_WRITE_ERROR])
+            .inc_by(write_failures);
         self.audit_failures
             .with_label_values(&[] as &[&str])
-            .inc_by(agent.audit.write_failures.load(Relaxed));
+            .inc_by(write_failures);
         self.audit_dropped
             .with_label_values(&[] as &[&str])
-            .inc_by(agent.audit.dropped.load(Relaxed));
+            .inc_by(dropped);
         self.families()
             .into_iter()
             .flat_map(|f| f.collect())

@@ -11,16 +11,16 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::credentials::{Refresh, Refreshers};
+use crate::credentials::{Injection, Refresh, Refreshers, SourceKind, SourceMetrics};
 
 use crate::{policy::Policy, redirect::Redirect};
 
@@ -36,18 +36,33 @@ pub struct PolicyStore {
     refreshers: Mutex<Refreshers>,
     pub reloads: AtomicU64,
     pub failures: AtomicU64,
+    /// Whether the last reload attempt succeeded (true before the first one: the policy in
+    /// force loaded).
+    pub last_reload_successful: AtomicBool,
+    /// Unix time in milliseconds of the last successful load (the initial one counts) and of
+    /// the last attempt.
+    pub last_success_ms: AtomicU64,
+    pub last_attempt_ms: AtomicU64,
+    /// The health of the credential sources, kept across reloads.
+    sources: Arc<SourceMetrics>,
 }
 
 impl PolicyStore {
     /// Puts `policy` in force and starts its refreshers: call inside the tokio runtime.
-    pub fn new(policy: Policy) -> Self {
-        let mut refreshers = Refreshers::start(&injections(&policy), &[]);
-        refreshers.add_jwks(&policy.credentials().jwks_urls(), &[]);
+    pub fn new(policy: Policy, sources: Arc<SourceMetrics>) -> Self {
+        let mut refreshers = Refreshers::start(&injections(&policy), &[], &sources);
+        refreshers.add_jwks(&policy.credentials().jwks_urls(), &[], &sources);
+        loaded_sources(&policy, &sources);
+        let now = unix_ms();
         Self {
             current: ArcSwap::from_pointee(policy),
             refreshers: Mutex::new(refreshers),
             reloads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_reload_successful: AtomicBool::new(true),
+            last_success_ms: AtomicU64::new(now),
+            last_attempt_ms: AtomicU64::new(now),
+            sources,
         }
     }
 
@@ -60,23 +75,61 @@ impl PolicyStore {
     fn replace(&self, policy: Policy) {
         let mut refreshers = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current();
-        let mut started = Refreshers::start(&injections(&policy), &injections(&old));
-        started.add_jwks(
-            &policy.credentials().jwks_urls(),
-            &old.credentials().jwks_urls(),
-        );
+        let previous: Vec<_> = injections(&old).into_iter().map(|(_, i)| i).collect();
+        let mut started = Refreshers::start(&injections(&policy), &previous, &self.sources);
+        let previous: Vec<_> = old
+            .credentials()
+            .jwks_urls()
+            .into_iter()
+            .map(|(_, j)| j)
+            .collect();
+        started.add_jwks(&policy.credentials().jwks_urls(), &previous, &self.sources);
+        loaded_sources(&policy, &self.sources);
         self.current.store(Arc::new(policy));
         // Dropping the old policy's refreshers stops them.
         *refreshers = started;
     }
 }
 
-fn injections(policy: &Policy) -> Vec<Arc<crate::credentials::Injection>> {
+/// The injections of `policy`, with the id of their rule.
+fn injections(policy: &Policy) -> Vec<(Arc<str>, Arc<Injection>)> {
     policy
         .rules()
         .iter()
-        .filter_map(|r| r.shared_injection().cloned())
+        .filter_map(|r| Some((r.shared_id().clone(), r.shared_injection()?.clone())))
         .collect()
+}
+
+/// Put `policy`'s credential sources in the health metrics as it is put in force: its files
+/// were read by the load that built it, and sources of a replaced policy are dropped.
+fn loaded_sources(policy: &Policy, sources: &SourceMetrics) {
+    let mut live = Vec::new();
+    for (rule, injection) in injections(policy) {
+        if injection.file().is_some() {
+            sources.succeeded(SourceKind::InjectFile, &rule);
+            live.push((SourceKind::InjectFile, rule));
+        } else {
+            live.push((SourceKind::OAuth2, rule));
+        }
+    }
+    for (credential, keys) in policy.credentials().key_sources() {
+        if keys == Some(true) {
+            sources.succeeded(SourceKind::JwksFile, &credential);
+        }
+        let kind = match keys {
+            Some(_) => SourceKind::JwksFile,
+            None => SourceKind::JwksUrl,
+        };
+        live.push((kind, credential));
+    }
+    let live: Vec<_> = live.iter().map(|(k, n)| (*k, &**n)).collect();
+    sources.retain(&live);
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What identifies a version of the file without reading it.
@@ -130,7 +183,8 @@ pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirec
 /// each otherwise).
 fn refresh_secrets(store: &PolicyStore) {
     let policy = store.current();
-    for injection in policy.rules().iter().filter_map(|r| r.injection()) {
+    let sources = &store.sources;
+    for (rule, injection) in injections(&policy) {
         // OAuth2 injections have their own task.
         let Some(file) = injection.file() else {
             continue;
@@ -138,12 +192,18 @@ fn refresh_secrets(store: &PolicyStore) {
         let file = file.display();
         match injection.refresh_if_changed() {
             None => {}
-            Some(Ok(())) => info!(event = "secret_loaded", %file, "injected secret loaded"),
-            Some(Err(e)) => error!(
-                event = "secret_rejected",
-                error = %e,
-                "injected secret file refused; the previous value stays in force"
-            ),
+            Some(Ok(())) => {
+                sources.succeeded(SourceKind::InjectFile, &rule);
+                info!(event = "secret_loaded", %file, "injected secret loaded")
+            }
+            Some(Err(e)) => {
+                sources.failed(SourceKind::InjectFile, &rule, (&e).into());
+                error!(
+                    event = "secret_rejected",
+                    error = %e,
+                    "injected secret file refused; the previous value stays in force"
+                )
+            }
         }
     }
     for r in policy.credentials().refresh_if_changed() {
@@ -151,6 +211,7 @@ fn refresh_secrets(store: &PolicyStore) {
         match r.outcome {
             Refresh::Unchanged => {}
             Refresh::Loaded { keys, skipped } => {
+                sources.succeeded(SourceKind::JwksFile, &r.credential);
                 info!(event = "keys_loaded", credential = %r.credential, %file, keys, "keys loaded");
                 for s in skipped.iter() {
                     warn!(
@@ -163,13 +224,16 @@ fn refresh_secrets(store: &PolicyStore) {
                     );
                 }
             }
-            Refresh::Failed(e) => error!(
-                event = "keys_rejected",
-                credential = %r.credential,
-                %file,
-                error = %chain(&e),
-                "keys file refused; the previous keys stay in force"
-            ),
+            Refresh::Failed(e) => {
+                sources.failed(SourceKind::JwksFile, &r.credential, (&e).into());
+                error!(
+                    event = "keys_rejected",
+                    credential = %r.credential,
+                    %file,
+                    error = %chain(&e),
+                    "keys file refused; the previous keys stay in force"
+                )
+            }
         }
     }
 }
@@ -190,8 +254,12 @@ async fn reload(path: &Path, store: &PolicyStore, redirect: &Redirect, trigger: 
         Ok(Err(e)) => Err(chain(&e)),
         Err(e) => Err(format!("BUG: policy load panicked: {e}")),
     };
+    let now = unix_ms();
+    store.last_attempt_ms.store(now, Relaxed);
+    store.last_reload_successful.store(result.is_ok(), Relaxed);
     match result {
         Ok(services) => {
+            store.last_success_ms.store(now, Relaxed);
             store.reloads.fetch_add(1, Relaxed);
             info!(
                 event = "policy_reloaded",

@@ -11,8 +11,8 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, send_raw_with,
-    wait_for,
+    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, metric_value, privileged, probe_binary,
+    send_raw_with, wait_for,
 };
 use ring::{
     rand::SystemRandom,
@@ -619,6 +619,19 @@ rules:
         "{refused}"
     );
     assert!(upstream.requests().is_empty());
+    // The failing endpoint shows in the source metrics, by reason.
+    wait_for("the failure counted", || {
+        let text = agent.scrape();
+        let failures = metric_value(
+            &text,
+            r#"enforcer_credential_source_failures_total{kind="oauth2",name="pay",reason="http_status"}"#,
+        );
+        let last = metric_value(
+            &text,
+            r#"enforcer_credential_source_last_attempt_successful{kind="oauth2",name="pay"}"#,
+        );
+        (failures.is_some_and(|n| n >= 1.0) && last == Some(0.0)).then_some(())
+    });
 
     // The first token is injected in place of the client's header.
     server.issue("first-token");
@@ -631,6 +644,23 @@ rules:
     assert!(
         seen.iter()
             .all(|r| r.header("authorization") != Some("Bearer client-own"))
+    );
+
+    let text = wait_for("the source healthy", || {
+        let text = agent.scrape();
+        (metric_value(
+            &text,
+            r#"enforcer_credential_source_last_attempt_successful{kind="oauth2",name="pay"}"#,
+        ) == Some(1.0))
+        .then_some(text)
+    });
+    assert!(
+        metric_value(
+            &text,
+            r#"enforcer_credential_source_last_success_timestamp_seconds{kind="oauth2",name="pay"}"#
+        )
+        .is_some_and(|t| t >= now() as f64 - 600.0),
+        "{text}"
     );
 
     // A new token replaces it after a refresh.
@@ -719,10 +749,25 @@ rules:
         ask(&cgroup, None, u, &get(Some(&good))),
         "HTTP/1.1 503 Service Unavailable"
     );
+    wait_for("the failure counted", || {
+        metric_value(
+            &agent.scrape(),
+            r#"enforcer_credential_source_failures_total{kind="jwks_url",name="sso",reason="http_status"}"#,
+        )
+        .is_some_and(|n| n >= 1.0)
+        .then_some(())
+    });
 
     server.publish(&json!({"keys": [k1.jwk()]}).to_string());
     wait_for("the JWKS fetched", || {
         (ask(&cgroup, None, u, &get(Some(&good))) == "HTTP/1.1 200 OK").then_some(())
+    });
+    wait_for("the source healthy", || {
+        (metric_value(
+            &agent.scrape(),
+            r#"enforcer_credential_source_last_attempt_successful{kind="jwks_url",name="sso"}"#,
+        ) == Some(1.0))
+        .then_some(())
     });
     let asked = server.requests();
     assert!(
@@ -732,4 +777,155 @@ rules:
     );
     agent.stop();
     assert!(agent.log_text().contains("JWKS fetched"));
+}
+
+/// Sets proxy variables for the agent about to start; restores them when dropped.
+struct ProxyEnv(Vec<(&'static str, Option<std::ffi::OsString>)>);
+
+impl ProxyEnv {
+    fn set(https_proxy: &str) -> Self {
+        let names = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ];
+        let saved = names.iter().map(|&n| (n, std::env::var_os(n))).collect();
+        // SAFETY: end-to-end tests run one at a time (`--test-threads=1`) and no other
+        // thread of this test reads the environment meanwhile.
+        unsafe {
+            for n in names {
+                std::env::remove_var(n);
+            }
+            std::env::set_var("HTTPS_PROXY", https_proxy);
+        }
+        Self(saved)
+    }
+}
+
+impl Drop for ProxyEnv {
+    fn drop(&mut self) {
+        for (name, value) in &self.0 {
+            // SAFETY: as in `set`.
+            unsafe {
+                match value {
+                    Some(v) => std::env::set_var(name, v),
+                    None => std::env::remove_var(name),
+                }
+            }
+        }
+    }
+}
+
+/// A `CONNECT` proxy on loopback that tunnels to `upstream` and records each request line.
+fn connect_proxy(
+    upstream: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = lines.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(line);
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = std::thread::spawn(move || std::io::copy(&mut c2, &mut s2));
+                let (mut client, mut server) = (client, server);
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = up.join();
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// With `HTTPS_PROXY` set, the agent reaches the token endpoint through the proxy's `CONNECT`
+/// tunnel (TLS end to end) and the token is injected.
+#[test]
+fn the_token_endpoint_is_reached_through_https_proxy() {
+    use std::{io::Write as _, os::unix::fs::PermissionsExt as _};
+    if !privileged() {
+        return;
+    }
+    let server = TokenServer::start();
+    server.issue("proxied-token");
+    let (proxy, lines) = connect_proxy(server.addr);
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let ca = cgroup_scoped_temp(&cgroup, "ca.pem");
+    fs::write(&ca, &server.ca_pem).unwrap();
+    let secret = cgroup_scoped_temp(&cgroup, "client-secret");
+    fs::File::create(&secret)
+        .unwrap()
+        .write_all(b"client-s3cret\n")
+        .unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = format!(
+        r#"version: 1
+services:
+  api:
+    endpoints: ["{upstream}"]
+rules:
+  - id: pay
+    from: ["*"]
+    to: api
+    methods: [GET]
+    paths: ["/v1/*"]
+    inject:
+      header: Authorization
+      oauth2:
+        tokenUrl: https://{token}/oauth2/token
+        clientId: billing
+        clientSecretFile: {secret}
+        caFile: {ca}
+"#,
+        upstream = upstream.addr(),
+        token = server.addr,
+        secret = secret.display(),
+        ca = ca.display(),
+    );
+    let agent = {
+        let _env = ProxyEnv::set(&format!("http://{proxy}"));
+        Agent::start(&cgroup, &policy)
+    };
+    let request = b"GET /v1/pay HTTP/1.1\r\nhost: api\r\n\r\n";
+    wait_for("the proxied token upstream", || {
+        let answer = send_raw_with(&cgroup, None, upstream.addr(), request, false);
+        answer["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200 "))
+            .then_some(())
+    });
+    let last = upstream.requests().last().cloned().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer proxied-token"));
+    let lines = lines.lock().unwrap().clone();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert_eq!(line, &format!("CONNECT {} HTTP/1.1", server.addr));
+    }
+    drop(agent);
 }

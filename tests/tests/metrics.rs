@@ -376,6 +376,16 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
         (r#"enforcer_policy_reloads_total{result="failure"}"#, 1.0),
         ("enforcer_audit_write_failures_total", 0.0),
         ("enforcer_audit_records_dropped_total", 0.0),
+        (
+            r#"enforcer_audit_records_lost_total{reason="queue_full"}"#,
+            0.0,
+        ),
+        (
+            r#"enforcer_audit_records_lost_total{reason="write_error"}"#,
+            0.0,
+        ),
+        // The file on disk is the broken one: the last attempt failed.
+        ("enforcer_policy_last_reload_successful", 0.0),
     ];
     for (series, want) in expect {
         assert_eq!(
@@ -384,6 +394,15 @@ fn a_scrape_of_a_running_agent_counts_every_outcome_and_passes_promtool() {
             "{series} in\n{text}"
         );
     }
+    let reload_at = |result: &str| {
+        let series =
+            format!(r#"enforcer_policy_last_reload_timestamp_seconds{{result="{result}"}}"#);
+        metric_value(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(
+        reload_at("attempt") >= reload_at("success") && reload_at("success") > 0.0,
+        "{text}"
+    );
     let info = format!(
         r#"enforcer_policy_info{{hash="{good_hash}",source="{}",version="1"}}"#,
         file.display()
@@ -699,4 +718,127 @@ fn statuses(text: &str) -> Vec<u16> {
     text.match_indices("HTTP/1.1 ")
         .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
         .collect()
+}
+
+/// The families of the table under docs/metrics.md's `## Metrics`, with their type.
+fn documented_families() -> std::collections::BTreeSet<(String, String)> {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+        .expect("docs/metrics.md");
+    let (_, section) = doc
+        .split_once("\n## Metrics\n")
+        .expect("a `## Metrics` section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix("| `")?.split('|');
+            let name = cells.next()?.trim().strip_suffix('`')?;
+            let kind = cells.next()?.trim();
+            Some((name.to_owned(), kind.to_owned()))
+        })
+        .collect()
+}
+
+/// The families of an exposition, with their type.
+fn exported_families(text: &str) -> std::collections::BTreeSet<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, kind) = l.strip_prefix("# TYPE ")?.split_once(' ')?;
+            Some((name.to_owned(), kind.to_owned()))
+        })
+        .collect()
+}
+
+/// After traffic of every kind (allowed, denied, refused credentials, an anomaly, upstream
+/// failures, a failing JWKS URL, an injected file, reloads), the agent exports exactly the
+/// families docs/metrics.md documents, with the documented types.
+#[test]
+fn every_exported_family_is_documented_and_every_documented_one_exported() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let dead = closed_port();
+    let broken = closed_port();
+    let cgroup = Cgroup::new();
+    let injected = cgroup_scoped_temp(&cgroup, "injected");
+    fs::write(&injected, "Bearer injected-value\n").unwrap();
+    let policy = policy(upstream.addr(), dead, broken)
+        .replace(
+            "credentials:\n",
+            &format!(
+                "credentials:\n  idp:\n    kind: jwt\n    issuer: https://idp.test\n    \
+                 audience: api\n    algorithms: [EdDSA]\n    jwksUrl: https://{dead}/jwks\n"
+            ),
+        )
+        .replace(
+            "rules:\n",
+            &format!(
+                "rules:\n  - id: probe-sso\n    from: [probe]\n    to: api\n    methods: [GET]\n    \
+                 paths: [\"/sso/*\"]\n    require: {{credential: idp}}\n  - id: probe-injected\n    \
+                 from: [probe]\n    to: api\n    methods: [GET]\n    paths: [\"/injected/*\"]\n    \
+                 inject: {{header: x-injected, file: {}}}\n",
+                injected.display()
+            ),
+        )
+        + "settings:\n  anomalies:\n    authFailureBurst: {window: 1s, minCount: 2}\n";
+    let mut agent = Agent::start(&cgroup, &policy);
+    let u = upstream.addr();
+    let mut requests = get_request("/v1/invoices/1", "") + &get_request("/admin", "");
+    requests += &get_request("/injected/a", "");
+    for n in 0..4 {
+        requests += &get_request(&format!("/keyed/{n}"), "");
+    }
+    requests += &get_request(
+        "/keyed/x",
+        &format!("x-api-key: {KEY}\r\nconnection: close\r\n"),
+    );
+    let report = send_raw(&cgroup, u, requests.as_bytes());
+    assert_eq!(
+        statuses(report["response"].as_str().unwrap()),
+        [200, 403, 200, 401, 401, 401, 401, 200],
+        "{report}"
+    );
+    let report = send_raw(&cgroup, dead, get_request("/x", "").as_bytes());
+    assert_eq!(statuses(report["response"].as_str().unwrap()), [502]);
+    let file = agent.policy_file().to_path_buf();
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, format!("{text}# reloaded\n")).unwrap();
+    agent.wait_event("reload", |e| e["event"] == "policy_reloaded");
+
+    let text = wait_for("an anomaly and the JWKS URL's failure", || {
+        let text = agent.scrape();
+        (text.contains("enforcer_anomalies_total{")
+            && text.contains(r#"enforcer_credential_source_failures_total{kind="jwks_url",name="idp",reason="connect"}"#))
+        .then_some(text)
+    });
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"enforcer_credential_source_last_attempt_successful{kind="jwks_url",name="idp"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        metric_value(
+            &text,
+            r#"enforcer_credential_source_last_success_timestamp_seconds{kind="inject_file",name="probe-injected"}"#
+        )
+        .is_some_and(|t| t > 0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "enforcer_policy_last_reload_successful"),
+        Some(1.0)
+    );
+    let exported = exported_families(&text);
+    let documented = documented_families();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        undocumented.is_empty() && missing.is_empty(),
+        "exported, not in docs/metrics.md (or another type): {undocumented:?}\n\
+         documented, not exported: {missing:?}\n{text}"
+    );
 }

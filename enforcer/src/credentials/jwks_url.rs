@@ -17,10 +17,12 @@ use arc_swap::ArcSwapOption;
 use tracing::{error, info};
 
 use super::{
+    https::HttpsClient,
     jwk::{JwksError, KeySet},
     jwks_file::GENERATIONS,
     jwt::JwtError,
-    oauth2::{FetchError, HttpsUrl, OAuth2Error, backoff, exchange, tls_config},
+    metrics::{SourceKind, SourceMetrics},
+    oauth2::{FetchError, HttpsUrl, OAuth2Error, backoff},
 };
 
 /// How often a fetched set is fetched again: identity providers publish a new key well before
@@ -42,7 +44,7 @@ pub enum JwksFetchError {
 pub struct JwksUrl {
     url: HttpsUrl,
     ca_file: Option<PathBuf>,
-    tls: Arc<rustls::ClientConfig>,
+    client: HttpsClient,
     loaded: ArcSwapOption<(Arc<KeySet>, u64)>,
     error: Mutex<Option<Arc<str>>>,
 }
@@ -62,7 +64,7 @@ impl JwksUrl {
     /// Check the settings (no network): keys are unavailable until the refresher fetches them.
     pub fn new(url: HttpsUrl, ca_file: Option<&Path>) -> Result<Self, OAuth2Error> {
         Ok(Self {
-            tls: tls_config(ca_file)?,
+            client: HttpsClient::new(&url, ca_file)?,
             url,
             ca_file: ca_file.map(Path::to_owned),
             loaded: ArcSwapOption::empty(),
@@ -114,14 +116,18 @@ impl JwksUrl {
 
     /// One fetch; on success the set is in force.
     pub async fn fetch(&self) -> Result<usize, JwksFetchError> {
-        let request = format!(
-            "GET {} HTTP/1.1\r\nhost: {}\r\naccept: application/json, application/jwk-set+json\r\n\
-             connection: close\r\n\r\n",
-            self.url.target(),
-            self.url.host_header()
-        );
+        let request = hyper::Request::get(self.url.as_str())
+            .header(hyper::header::HOST, self.url.host_header())
+            .header(
+                hyper::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            )
+            .body(http_body_util::Full::default());
         let result = async {
-            let (status, body) = exchange(&self.url, &self.tls, request.as_bytes()).await?;
+            let request = request.map_err(|e| FetchError::Malformed {
+                reason: format!("BUG: request not built: {e}"),
+            })?;
+            let (status, body) = self.client.send(request).await?;
             if status != 200 {
                 return Err(JwksFetchError::Status { status });
             }
@@ -146,13 +152,19 @@ impl JwksUrl {
 
 /// Keep `jwks` fetched, until aborted. `first`: wait before the first fetch (keys taken over
 /// from the previous policy are fresh enough).
-pub(super) async fn run(jwks: Arc<JwksUrl>, first: Duration) {
+pub(super) async fn run(
+    jwks: Arc<JwksUrl>,
+    credential: Arc<str>,
+    sources: Arc<SourceMetrics>,
+    first: Duration,
+) {
     tokio::time::sleep(first).await;
     let mut failures = 0u32;
     loop {
         let wait = match jwks.fetch().await {
             Ok(keys) => {
                 failures = 0;
+                sources.succeeded(SourceKind::JwksUrl, &credential);
                 info!(
                     event = "keys_loaded",
                     url = jwks.url(),
@@ -163,6 +175,7 @@ pub(super) async fn run(jwks: Arc<JwksUrl>, first: Duration) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                sources.failed(SourceKind::JwksUrl, &credential, (&e).into());
                 let wait = backoff(failures);
                 error!(
                     event = "keys_rejected",

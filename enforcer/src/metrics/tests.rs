@@ -141,9 +141,35 @@ fn distinct_paths_and_callers_add_no_series() {
             r#"enforcer_requests_total{decision="allow",identity="billing",rule="r",service="payments"} 10000"#
         ]
     );
-    let series = m.encode().lines().filter(|l| !l.starts_with('#')).count();
+    let series = m
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("enforcer_"))
+        .count();
     // build info, one request series, one histogram (14 buckets, +Inf, sum, count), active.
     assert_eq!(series, 1 + 1 + 17 + 1, "{}", m.encode());
+}
+
+/// The standard process families, under the names every exporter uses.
+#[test]
+fn process_metrics_have_the_standard_names() {
+    let m = Metrics::new().unwrap();
+    let text = m.encode();
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(family)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok());
+        // CPU time is whole seconds: 0 for a short test.
+        assert!(value.is_some_and(|v| v >= 0.0), "{family} in\n{text}");
+    }
 }
 
 #[test]
