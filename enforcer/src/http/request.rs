@@ -298,32 +298,62 @@ impl Request {
     }
 }
 
-/// Parses the request head at the start of `buf`.
-///
-/// `Ok(None)`: incomplete, read more. `Ok(Some((request, head_len)))`: the head is
-/// `buf[..head_len]` and the body, if any, starts right after. Errors come as soon as the bytes
-/// seen so far cannot become a valid head, limits included.
-///
-/// Accepts origin-form targets, and `http://` absolute-form whose authority equals `Host`
-/// (it is forwarded in origin-form). Refuses CONNECT, `OPTIONS *` and authority-form.
-///
-/// Each call scans `buf` from its start, so call again only when bytes have arrived, and bound
-/// the time a head may take: a client trickling one byte per segment costs quadratic scanning
-/// up to `max_head_bytes`.
+/// Parses the request head at the start of `buf`, in one go: [`RequestParser::parse`] on a
+/// fresh parser.
 pub fn parse_request(
     buf: &[u8],
     limits: &Limits,
 ) -> Result<Option<(Request, usize)>, RequestError> {
-    // Checked first: neither has a CRLF soon, so the scanner would wait for more bytes.
-    if buf.first() == Some(&TLS_HANDSHAKE) {
-        return Err(RequestError::NotHttp { what: "tls" });
+    RequestParser::default().parse(buf, limits)
+}
+
+/// Parses one request head as its bytes arrive, resuming the search for its end where the
+/// previous call stopped.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    scanner: head::Scanner,
+}
+
+// === impl RequestParser ===
+
+impl RequestParser {
+    /// Parses the request head at the start of `buf`, which holds what the previous call saw
+    /// and possibly more (call again only when bytes have arrived). Once it returns a request
+    /// or an error, start the next head with a new parser.
+    ///
+    /// `Ok(None)`: incomplete, read more. `Ok(Some((request, head_len)))`: the head is
+    /// `buf[..head_len]` and the body, if any, starts right after. Errors come as soon as the
+    /// bytes seen so far cannot become a valid head, limits included.
+    ///
+    /// Accepts origin-form targets, and `http://` absolute-form whose authority equals `Host`
+    /// (it is forwarded in origin-form). Refuses CONNECT, `OPTIONS *` and authority-form.
+    ///
+    /// Each byte is scanned about once however the head is split (linear work); bound the
+    /// time a head may take all the same (slowloris).
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<(Request, usize)>, RequestError> {
+        // Checked first: neither has a CRLF soon, so the scanner would wait for more bytes.
+        if buf.first() == Some(&TLS_HANDSHAKE) {
+            return Err(RequestError::NotHttp { what: "tls" });
+        }
+        if buf.starts_with(H2_PREFACE) {
+            return Err(RequestError::NotHttp { what: "http2" });
+        }
+        let Some(scanned) = self.scanner.scan(buf, limits)? else {
+            return Ok(None);
+        };
+        parse_scanned(buf, &scanned)
     }
-    if buf.starts_with(H2_PREFACE) {
-        return Err(RequestError::NotHttp { what: "http2" });
-    }
-    let Some(scanned) = head::scan(buf, limits)? else {
-        return Ok(None);
-    };
+}
+
+/// Parses the head [`head::Scanner`] found at the start of `buf`.
+fn parse_scanned(
+    buf: &[u8],
+    scanned: &head::Scanned,
+) -> Result<Option<(Request, usize)>, RequestError> {
     let head = &buf[..scanned.len];
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let mut heap = Vec::new();

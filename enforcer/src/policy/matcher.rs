@@ -361,6 +361,13 @@ impl Rule {
         self.require.as_ref()
     }
 
+    /// Whether the rule allows a request it matched to switch to `protocol` (the request's
+    /// `Upgrade`, lower case): the same test the request side applies, for the proxy to hold a
+    /// 101 to.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        self.websocket && protocol == "websocket"
+    }
+
     /// Whether the rule matches a request, the caller, service and credential aside.
     fn matches<H: Headers + ?Sized>(&self, req: &Request<'_, '_, H>) -> bool {
         self.methods.contains(req.method)
