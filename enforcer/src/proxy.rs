@@ -252,7 +252,9 @@ impl Relay {
         drop(permit);
         reset(client);
         let who = ids.names().next().unwrap_or("unidentified");
-        let max = policy.settings.limits.max_connections_per_identity;
+        let max = self
+            .limiter
+            .max_connections_per_identity(policy, ids.names().next().is_some());
         debug!(
             client = %peer,
             identity = who,
@@ -268,7 +270,7 @@ impl Relay {
             format!(
                 "identity `{who}` has {} connections open, the most allowed \
                  (maxConnectionsPerIdentity)",
-                max.unwrap_or_default()
+                max
             ),
         ));
     }
