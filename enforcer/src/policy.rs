@@ -17,6 +17,7 @@ mod check;
 mod credential;
 mod diagnostic;
 mod endpoint;
+mod evasion;
 mod explain;
 mod file;
 mod glob;
@@ -47,6 +48,7 @@ pub use self::{
     caller::IdentitySet,
     diagnostic::Diagnostic,
     endpoint::{Destination, Ports, Prefix},
+    evasion::Evasion,
     explain::{Caller, ExplainError, Explanation, Outcome, RuleNote, explain},
     matcher::{Decision, Headers, Reason, Rule, Verdict},
 };

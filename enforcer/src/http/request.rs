@@ -6,6 +6,8 @@
 //! one valid `Host`, and a request target reduced to one spelling (see [`super::path`]).
 //! Reports each refused rule as its own [`RequestError`] variant.
 
+use std::net::{IpAddr, SocketAddr};
+
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
@@ -239,6 +241,39 @@ impl Request {
     /// The `Host` authority in lower case; `None` only for HTTP/1.0 without `Host`.
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
+    }
+
+    /// Whether `Host` agrees with the destination the connection was made to: its port
+    /// (explicit, or 80) is the destination's, and an IP-literal host is the destination's
+    /// address. A name agrees whatever address it resolves to: the agent does not resolve.
+    pub fn authority_agrees(&self, dst: SocketAddr) -> bool {
+        let Some(host) = &self.host else {
+            return false;
+        };
+        let (name, port) = match host.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((addr, "")) => (addr, None),
+                Some((addr, after)) => match after.strip_prefix(':') {
+                    Some(port) => (addr, Some(port)),
+                    None => return false,
+                },
+                None => return false,
+            },
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host.as_str(), None),
+            },
+        };
+        let port_agrees = match port {
+            Some(port) => port.parse::<u16>().is_ok_and(|p| p == dst.port()),
+            None => dst.port() == 80,
+        };
+        let address_agrees = match name.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical() == dst.ip().to_canonical(),
+            // Only an IPv6 address goes in brackets.
+            Err(_) => !host.starts_with('['),
+        };
+        port_agrees && address_agrees
     }
 
     /// Replace every field named `name` with one `name: value`, last. For the credentials the

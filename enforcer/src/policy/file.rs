@@ -148,6 +148,10 @@ pub(super) struct RuleFile {
     #[serde(default)]
     pub query: Option<Entries<Spanned<String>>>,
     #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub overrides: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
     pub websocket: Option<Spanned<bool>>,
     #[serde(default)]
     pub mode: Option<Mode>,

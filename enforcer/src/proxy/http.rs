@@ -288,6 +288,22 @@ pub(super) async fn serve(
                 }
             }
         }
+        // A rule's `hosts` names the virtual host; the request must also be for this
+        // destination, or a name allowed on one address would be sent to another.
+        if refusal.is_none()
+            && decision.verdict == Verdict::Allow
+            && decision.rule.is_some_and(|r| !r.hosts().is_empty())
+            && !req.authority_agrees(conn.dst)
+        {
+            record.decision = audit::Verdict::Deny;
+            record.reason = "host does not match destination";
+            record.detail = Some(format!(
+                "host `{}` is not destination {}",
+                req.host().unwrap_or_default(),
+                conn.dst
+            ));
+            refusal = Some((403, None));
+        }
         if decision.verdict == Verdict::Deny {
             refusal = Some(match (decision.reason, check.failure()) {
                 (Reason::Credential(_), Some(failure)) => {

@@ -32,7 +32,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
                  paths: [/]\n    header: {a: b}\n",
             ),
             "test.yaml:13:5: unknown field `header`, expected one of id, from, to, methods, \
-             paths, headers, query, websocket, mode, require, inject, limits",
+             paths, headers, query, hosts, overrides, websocket, mode, require, inject, limits",
         ),
         (
             "unknown identity attribute",
