@@ -217,6 +217,8 @@ pub struct Anomalies {
     pub token_reuse: bool,
     /// An executable path whose SHA-256 changed under the same identity.
     pub binary_changed: bool,
+    /// Requests refused as evasions (look-alikes, overrides, hosts, unasked upgrades).
+    pub evasion_attempt: bool,
 }
 
 /// A count per window is anomalous when it is at least `min_count` and above `factor` times
@@ -452,6 +454,7 @@ impl Default for Anomalies {
             new_endpoint: Some(Self::NEW_ENDPOINT_LEARNING),
             token_reuse: true,
             binary_changed: true,
+            evasion_attempt: true,
         }
     }
 }

@@ -253,18 +253,25 @@ fn lookalike_headers_and_parameters_are_refused() {
         received(&s.upstream, "/v1/export"),
         ["/v1/export?format=json"]
     );
-    let records = wait_records(&s.audit, "/v1/export", cases.len());
-    let reasons: Vec<&str> = records
+    let decided = wait_records(&s.audit, "/v1/export", cases.len());
+    let reasons: Vec<&str> = decided
         .iter()
         .map(|r| r["reason"].as_str().unwrap())
         .collect();
     let expected: Vec<&str> = cases.iter().map(|c| c.3).collect();
     assert_eq!(reasons, expected);
     assert!(
-        records[1..]
+        decided[1..]
             .iter()
             .all(|r| r["decision"] == "deny" && r["status"] == 403)
     );
+    // The attempts are an anomaly of the identity that made them.
+    let anomaly = wait_for("the evasion_attempt anomaly", || {
+        records(&s.audit)
+            .into_iter()
+            .find(|r| r["record"] == "anomaly" && r["kind"] == "evasion_attempt")
+    });
+    assert_eq!(anomaly["identity"], "attacker");
 }
 
 /// Method- and URL-override headers are refused unless the rule lists them, and then only

@@ -160,6 +160,7 @@ fn anomalies(d: &mut Diagnostics, a: AnomaliesFile) -> Anomalies {
         },
         token_reuse: a.token_reuse.is_none_or(|s| on(s.enabled)),
         binary_changed: a.binary_changed.is_none_or(|s| on(s.enabled)),
+        evasion_attempt: a.evasion_attempt.is_none_or(|s| on(s.enabled)),
     }
 }
 

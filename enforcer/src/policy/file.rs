@@ -80,6 +80,7 @@ pub(super) struct AnomaliesFile {
     pub new_endpoint: Option<NewEndpointFile>,
     pub token_reuse: Option<SwitchFile>,
     pub binary_changed: Option<SwitchFile>,
+    pub evasion_attempt: Option<SwitchFile>,
 }
 
 #[derive(Deserialize, Default)]
