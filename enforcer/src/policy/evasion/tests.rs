@@ -117,7 +117,13 @@ fn overrides_are_refused_unless_listed_and_allowed() {
     let listed: Vec<Box<str>> = vec!["x-http-method-override".into(), "x-original-url".into()];
     let none: Vec<Box<str>> = vec![];
     let refused = Err(Evasion::MethodOverride);
-    let cases: &[(&[(&str, &str)], &[Box<str>], Result<(), Evasion>)] = &[
+    // (headers, the rule's `overrides`, verdict)
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        &'a [Box<str>],
+        Result<(), Evasion>,
+    );
+    let cases: &[Case] = &[
         (&[("accept", "*/*")], &none, Ok(())),
         (&[("X-HTTP-Method-Override", "GET")], &none, refused),
         (&[("X-HTTP-Method-Override", "GET")], &listed, Ok(())),

@@ -73,7 +73,9 @@ async fn a_101_switches_only_to_the_allowed_upgrade() {
     let switch_h2c =
         b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
     let switch_bare = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
-    let cases: [(&[u8], Option<&str>, &[u8], bool); 5] = [
+    // (request, the upgrade its rule allows, the upstream's 101, whether it tunnels)
+    type Case<'a> = (&'a [u8], Option<&'a str>, &'a [u8], bool);
+    let cases: [Case; 5] = [
         (plain, None, switch_bare, false),
         (plain, None, switch_ws, false),
         (ws, None, switch_ws, false),
