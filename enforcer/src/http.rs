@@ -28,7 +28,8 @@ pub use request::{
     Body, Method, Request, RequestError, RequestParser, parse_request, write_request_head,
 };
 pub use response::{
-    Response, ResponseBody, ResponseError, ResponseKind, parse_response, response_body,
+    Response, ResponseBody, ResponseError, ResponseKind, ResponseParser, parse_response,
+    response_body,
 };
 
 #[cfg(test)]

@@ -82,17 +82,12 @@ impl Header {
     }
 }
 
-/// Where a complete head ends, as found by [`scan`].
+/// Where a complete head ends, as found by [`Scanner::scan`].
 pub(super) struct Scanned {
     /// Bytes of the head, including any empty lines before the start line and the final CRLF.
     pub(super) len: usize,
     /// Number of field lines.
     pub(super) fields: usize,
-}
-
-/// Finds the end of the head at the start of `buf`, in one go.
-pub(super) fn scan(buf: &[u8], limits: &Limits) -> Result<Option<Scanned>, HeadError> {
-    Scanner::default().scan(buf, limits)
 }
 
 /// Where the search for the end of a head stopped: fed the same buffer again with more bytes

@@ -1188,8 +1188,9 @@ where
         unexpected_upgrade: false,
     };
     loop {
+        let mut parser = http::ResponseParser::default();
         let (resp, mut len) = loop {
-            match http::parse_response(buf, limits) {
+            match parser.parse(buf, limits) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => fill(upstream, buf, idle)
                     .await

@@ -8,9 +8,11 @@ fn limits(max_request_line: usize, max_head_bytes: usize, max_headers: usize) ->
     }
 }
 
-/// `scan` as (head length, field count), for comparing.
+/// One scan of `buf` as (head length, field count), for comparing.
 fn scanned(buf: &[u8], limits: &Limits) -> Result<Option<(usize, usize)>, HeadError> {
-    scan(buf, limits).map(|s| s.map(|s| (s.len, s.fields)))
+    Scanner::default()
+        .scan(buf, limits)
+        .map(|s| s.map(|s| (s.len, s.fields)))
 }
 
 #[test]
