@@ -14,7 +14,8 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, send_raw, wait_for,
+    Agent, Cgroup, HttpUpstream, cgroup_scoped_temp, privileged, probe_binary, send_raw,
+    send_raw_with, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -187,6 +188,26 @@ fn an_unasked_101_is_a_502_and_opens_no_tunnel() {
         "{:?}",
         records(&s.audit)
     );
+
+    // The same as an unprivileged user, on a connection held open after the request: the
+    // agent closes it.
+    let report = send_raw_with(
+        &s.attacker,
+        Some((65534, 65534)),
+        u,
+        b"GET /status/101 HTTP/1.1\r\nhost: api\r\n\r\nGET /v1/secret HTTP/1.1\r\nhost: api\r\n\r\n",
+        true,
+    );
+    assert_eq!(
+        statuses(report["response"].as_str().unwrap()),
+        [502],
+        "{report}"
+    );
+    assert_eq!(report["end"], "closed", "{report}");
+    assert_eq!(received(&s.upstream, "/"), ["/status/101", "/status/101"]);
+    let refused = wait_records(&s.audit, "/status/101", 2);
+    assert_eq!(refused[1]["reason"], "unexpected upgrade");
+    assert_eq!(refused[1]["caller"]["uid"], 65534);
 
     // A WebSocket upgrade the rule allows still becomes a tunnel.
     let text = send(
