@@ -39,11 +39,11 @@ const RESERVED_FILES: u64 = 256;
 /// `maxConnections`: one identity (a runaway or hostile client) can then take at most a
 /// quarter of the places, so at least three quarters stay for everyone else, while a single
 /// busy identity still gets far more connections than any client pool opens.
-const DEFAULT_IDENTITY_SHARE: usize = 4;
+pub const DEFAULT_IDENTITY_SHARE: usize = 4;
 
 /// The share, likewise, of every caller that matches no identity, together: they all count
 /// against one slot, and anyone on the host can be unidentified, so they get the least.
-const DEFAULT_UNIDENTIFIED_SHARE: usize = 16;
+pub const DEFAULT_UNIDENTIFIED_SHARE: usize = 16;
 
 // === Rate ===
 

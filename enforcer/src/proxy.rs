@@ -252,9 +252,21 @@ impl Relay {
         drop(permit);
         reset(client);
         let who = ids.names().next().unwrap_or("unidentified");
+        let identified = ids.names().next().is_some();
         let max = self
             .limiter
-            .max_connections_per_identity(policy, ids.names().next().is_some());
+            .max_connections_per_identity(policy, identified);
+        let why = match policy.settings.limits.max_connections_per_identity {
+            Some(_) => "maxConnectionsPerIdentity".to_owned(),
+            None if identified => format!(
+                "maxConnectionsPerIdentity default: maxConnections / {}",
+                crate::limits::DEFAULT_IDENTITY_SHARE
+            ),
+            None => format!(
+                "maxConnectionsPerIdentity default for the unidentified: maxConnections / {}",
+                crate::limits::DEFAULT_UNIDENTIFIED_SHARE
+            ),
+        };
         debug!(
             client = %peer,
             identity = who,
@@ -267,11 +279,7 @@ impl Relay {
             peer,
             Arc::new(crate::audit::Caller::from(identity)),
             ids.shared_names().into(),
-            format!(
-                "identity `{who}` has {} connections open, the most allowed \
-                 (maxConnectionsPerIdentity)",
-                max
-            ),
+            format!("identity `{who}` has {max} connections open, the most allowed ({why})"),
         ));
     }
 

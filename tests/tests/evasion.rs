@@ -443,7 +443,8 @@ fn the_default_per_identity_cap_keeps_places_for_others() {
     );
     assert_eq!(
         refused[0]["detail"],
-        "identity `attacker` has 2 connections open, the most allowed (maxConnectionsPerIdentity)"
+        "identity `attacker` has 2 connections open, the most allowed \
+         (maxConnectionsPerIdentity default: maxConnections / 4)"
     );
     flooder.release();
     calm.release();
