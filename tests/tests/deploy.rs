@@ -105,6 +105,7 @@ const METRICS: &[Metric] = &[
                     "token_reuse",
                     "deny_spike",
                     "binary_changed",
+                    "evasion_attempt",
                 ],
             ),
             ("identity", &[]),
