@@ -219,6 +219,100 @@ fn an_unasked_101_is_a_502_and_opens_no_tunnel() {
     assert!(text.ends_with("\r\n\r\nping"), "{text}");
 }
 
+/// An upstream that answers every request head with `101 Switching Protocols` to WebSocket,
+/// asked or not, and writes each connection's bytes to `log` (one file per connection:
+/// `log.N`). A Python process, ended by pid when dropped.
+struct SwitchingUpstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+const SWITCHING_UPSTREAM: &str = r#"
+import socket, sys, threading
+log = sys.argv[1]
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+def serve(conn, n):
+    with conn, open(f"{log}.{n}", "wb") as out:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            head += chunk
+            out.write(chunk); out.flush()
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            out.write(chunk); out.flush()
+n = 0
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn, n), daemon=True).start()
+    n += 1
+"#;
+
+impl SwitchingUpstream {
+    fn start(log: &Path) -> Self {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SWITCHING_UPSTREAM, &log.display().to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .expect("the upstream's port");
+        let port: u16 = line.trim().parse().expect("a port");
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for SwitchingUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same with an upstream (Python) that switches every request to WebSocket: a plain GET
+/// it answers with a 101 is answered 502, and the bytes sent after it never reach it.
+#[test]
+fn a_python_upstream_switching_a_plain_get_gets_nothing_more() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = Cgroup::new();
+    let attacker = cgroup.child("attacker.service");
+    let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let log = cgroup_scoped_temp(&cgroup, "upstream");
+    let upstream = SwitchingUpstream::start(&log);
+    let _agent = Agent::start(&cgroup, &policy(upstream.addr, "{}", &audit));
+    let first = b"GET /status/200 HTTP/1.1\r\nhost: api\r\n\r\n";
+    let mut sent = first.to_vec();
+    sent.extend_from_slice(b"GET /v1/secret HTTP/1.1\r\nhost: api\r\n\r\nraw tunnel bytes");
+    let text = send(&attacker, upstream.addr, &sent);
+    assert_eq!(statuses(&text), [502], "{text}");
+    let refused = wait_records(&audit, "/status/200", 1);
+    assert_eq!(refused[0]["reason"], "unexpected upgrade");
+    // What the upstream got: the allowed request's head, as forwarded, and nothing after it.
+    let received = fs::read(format!("{}.0", log.display())).unwrap();
+    assert!(
+        received.starts_with(b"GET /status/200 HTTP/1.1\r\n") && received.ends_with(b"\r\n\r\n"),
+        "{}",
+        received.escape_ascii()
+    );
+    assert_eq!(received.windows(4).filter(|w| w == b"\r\n\r\n").count(), 1);
+    assert!(!fs::exists(format!("{}.1", log.display())).unwrap());
+}
+
 /// Look-alikes of a header or query parameter a rule constrains are refused (403) with their
 /// own reasons, and never reach the upstream.
 #[test]
