@@ -1,6 +1,6 @@
 //! Anomaly detection: callers behaving unlike themselves.
 //!
-//! Reports six kinds, each as `enforcer_anomalies_total{kind, identity}` and one audit record
+//! Reports seven kinds, each as `enforcer_anomalies_total{kind, identity}` and one audit record
 //! (plus a warn event `event="anomaly"`) per episode, never per request:
 //! - `request_burst`, `auth_failure_burst`, `deny_spike`: an identity's count per window (all
 //!   requests; credentials missing, invalid or not bound to the caller; denied and would-deny
@@ -13,6 +13,8 @@
 //!   than the first that presented it; once per (token, other identity) in a row.
 //! - `binary_changed`: an executable path whose SHA-256 differs from when the same identity
 //!   last called through it.
+//! - `evasion_attempt`: an identity's requests refused as evasions ([`EVASIONS`]); an
+//!   episode lasts while every tick sees another.
 //!
 //! The identity is the first policy identity the caller matches, or `unidentified`: a closed
 //! set, as a metric label must be. Work is split so the request path stays cheap:
@@ -69,6 +71,16 @@ const UNMATCHED: &str = "unmatched";
 /// presented by a caller it is not bound to. Scope and claim mismatches are authorisation, and
 /// count as denials only.
 const AUTH_FAILURES: [Rejection; 3] = [Rejection::Missing, Rejection::Invalid, Rejection::NotBound];
+/// Record reasons that say a request was refused for a form that would have reached the
+/// upstream as something other than what was decided: no client sends these by mistake.
+const EVASIONS: [&str; 6] = [
+    "lookalike header",
+    "lookalike query parameter",
+    "method override",
+    "host not allowed",
+    "host does not match destination",
+    "unexpected upgrade",
+];
 
 /// What an anomaly is (the `kind` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +91,7 @@ pub enum Kind {
     TokenReuse,
     DenySpike,
     BinaryChanged,
+    EvasionAttempt,
 }
 
 /// The rate detectors, in the order of [`Tracked::counts`].
@@ -103,6 +116,7 @@ pub struct Detectors {
     new_endpoint: AtomicBool,
     token_reuse: AtomicBool,
     binary_changed: AtomicBool,
+    evasion_attempt: AtomicBool,
     anomalies_total: IntCounterVec,
 }
 
@@ -116,6 +130,11 @@ struct Tracked {
     learning: AtomicBool,
     /// Only the ticking task takes this.
     rates: Mutex<[Rate; 3]>,
+    /// Evasion attempts since the last tick, and the index in [`EVASIONS`] of the latest.
+    evasions: AtomicU64,
+    evasion: AtomicU64,
+    /// The last tick saw an evasion attempt: the next one is the same episode.
+    evasion_episode: AtomicBool,
 }
 
 /// A rate detector's state for one identity.
@@ -185,6 +204,7 @@ impl Kind {
             Kind::TokenReuse => "token_reuse",
             Kind::DenySpike => "deny_spike",
             Kind::BinaryChanged => "binary_changed",
+            Kind::EvasionAttempt => "evasion_attempt",
         }
     }
 }
@@ -215,6 +235,7 @@ impl Detectors {
             new_endpoint: AtomicBool::new(config.new_endpoint.is_some()),
             token_reuse: AtomicBool::new(config.token_reuse),
             binary_changed: AtomicBool::new(config.binary_changed),
+            evasion_attempt: AtomicBool::new(config.evasion_attempt),
             anomalies_total,
         }
     }
@@ -248,6 +269,12 @@ impl Detectors {
         if self.binary_changed.load(Relaxed) {
             self.see_binary(&tracked, record);
         }
+        if self.evasion_attempt.load(Relaxed)
+            && let Some(i) = EVASIONS.iter().position(|r| *r == record.reason)
+        {
+            tracked.evasion.store(i as u64, Relaxed);
+            tracked.evasions.fetch_add(1, Relaxed);
+        }
     }
 
     /// Advance every identity's windows by one [`TICK`] under `config`, and return the
@@ -257,6 +284,7 @@ impl Detectors {
             .store(config.new_endpoint.is_some(), Relaxed);
         self.token_reuse.store(config.token_reuse, Relaxed);
         self.binary_changed.store(config.binary_changed, Relaxed);
+        self.evasion_attempt.store(config.evasion_attempt, Relaxed);
         let tracked: Vec<_> = read(&self.identities).values().cloned().collect();
         let bursts = [
             config.request_burst,
@@ -274,6 +302,12 @@ impl Detectors {
                     identity = %t.name,
                     "new_endpoint: learning window over, new endpoints are reported from now"
                 );
+            }
+            let evasions = t.evasions.swap(0, Relaxed);
+            let ongoing = t.evasion_episode.swap(evasions > 0, Relaxed);
+            if evasions > 0 && !ongoing {
+                let reason = EVASIONS[t.evasion.load(Relaxed) as usize % EVASIONS.len()];
+                found.push(evasion_record(&t.name, evasions, reason));
             }
             let mut rates = lock(&t.rates);
             for (i, rate) in rates.iter_mut().enumerate() {
@@ -334,6 +368,9 @@ impl Detectors {
             first_seen: Instant::now(),
             learning: AtomicBool::new(true),
             rates: Mutex::default(),
+            evasions: AtomicU64::new(0),
+            evasion: AtomicU64::new(0),
+            evasion_episode: AtomicBool::new(false),
         });
         identities.insert(name, t.clone());
         Some(t)
@@ -476,6 +513,23 @@ fn rate_record(kind: Kind, identity: &Arc<str>, w: &Window, burst: &Burst) -> An
         threshold: Some(Measure::Count(w.threshold)),
         baseline: Some(Measure::Level(w.baseline)),
         ..AnomalyRecord::new(kind, identity.clone(), Measure::Count(w.count), explanation)
+    }
+}
+
+fn evasion_record(identity: &Arc<str>, count: u64, reason: &str) -> AnomalyRecord {
+    let explanation = format!(
+        "{identity}: {count} requests refused as evasion attempts in {} s, the latest for \
+         `{reason}`",
+        TICK.as_secs()
+    );
+    AnomalyRecord {
+        window_s: Some(TICK.as_secs_f64()),
+        ..AnomalyRecord::new(
+            Kind::EvasionAttempt,
+            identity.clone(),
+            Measure::Count(count),
+            explanation,
+        )
     }
 }
 

@@ -24,9 +24,12 @@ mod response;
 pub use chunked::{ChunkedDecoder, ChunkedError, Decoded, write_chunk, write_last_chunk};
 pub use head::{HeadError, Header};
 pub use path::{TargetError, normalize_path};
-pub use request::{Body, Method, Request, RequestError, parse_request, write_request_head};
+pub use request::{
+    Body, Method, Request, RequestError, RequestParser, parse_request, write_request_head,
+};
 pub use response::{
-    Response, ResponseBody, ResponseError, ResponseKind, parse_response, response_body,
+    Response, ResponseBody, ResponseError, ResponseKind, ResponseParser, parse_response,
+    response_body,
 };
 
 #[cfg(test)]

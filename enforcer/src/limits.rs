@@ -3,7 +3,8 @@
 //!
 //! Enforces, as the policy's `settings.limits` and rules' `limits` say:
 //! - connections open at once over all callers (`maxConnections`) and per identity
-//!   (`maxConnectionsPerIdentity`): the proxy resets an excess connection (TCP RST) as soon as
+//!   (`maxConnectionsPerIdentity`, by default a share of `maxConnections`, smaller for the
+//!   callers that match no identity, so no one identity can starve the rest): the proxy resets an excess connection (TCP RST) as soon as
 //!   it is accepted, before reading a byte of it;
 //! - requests per identity (`ratePerIdentity`) and per rule (`limits.rate`): token buckets;
 //!   the proxy answers an excess request 429 with `Retry-After`.
@@ -33,6 +34,16 @@ use crate::policy::{Policy, Rule};
 /// Descriptors kept for the agent's own files (BPF maps, audit trail, policy, key files)
 /// when the connection limit is derived from the open-file limit.
 const RESERVED_FILES: u64 = 256;
+
+/// Without `maxConnectionsPerIdentity`, an identity may hold this fraction of
+/// `maxConnections`: one identity (a runaway or hostile client) can then take at most a
+/// quarter of the places, so at least three quarters stay for everyone else, while a single
+/// busy identity still gets far more connections than any client pool opens.
+pub const DEFAULT_IDENTITY_SHARE: usize = 4;
+
+/// The share, likewise, of every caller that matches no identity, together: they all count
+/// against one slot, and anyone on the host can be unidentified, so they get the least.
+pub const DEFAULT_UNIDENTIFIED_SHARE: usize = 16;
 
 // === Rate ===
 
@@ -179,12 +190,10 @@ pub struct Limiter {
 /// One policy's limits with their state.
 struct Tables {
     generation: u64,
-    /// By identity name; `None`: callers that match no identity. Empty without
-    /// per-identity limits.
+    /// By identity name; `None`: callers that match no identity.
     identities: HashMap<Option<Arc<str>>, IdentityLimits>,
-    /// For every caller when there are no per-identity limits: shared, so handing it out
-    /// allocates nothing.
-    unlimited: IdentityLimits,
+    /// For a name the table does not hold (none of this policy's): the unidentified limits.
+    unmatched: IdentityLimits,
     rules: HashMap<Arc<str>, Arc<Bucket>>,
 }
 
@@ -234,7 +243,7 @@ impl Limiter {
             tables: ArcSwap::from_pointee(Tables {
                 generation: 0,
                 identities: HashMap::new(),
-                unlimited: IdentityLimits::default(),
+                unmatched: IdentityLimits::default(),
                 rules: HashMap::new(),
             }),
             rebuild: Mutex::new(()),
@@ -250,6 +259,22 @@ impl Limiter {
             .unwrap_or(self.default_max_connections)
     }
 
+    /// The limit on connections one identity holds open at once under `policy` (`identified`:
+    /// the caller matches a policy identity; else the limit of all unidentified callers
+    /// together): `maxConnectionsPerIdentity`, or a share of the overall limit
+    /// ([`DEFAULT_IDENTITY_SHARE`], [`DEFAULT_UNIDENTIFIED_SHARE`]), at least 1.
+    pub fn max_connections_per_identity(&self, policy: &Policy, identified: bool) -> usize {
+        if let Some(max) = policy.settings.limits.max_connections_per_identity {
+            return max;
+        }
+        let share = if identified {
+            DEFAULT_IDENTITY_SHARE
+        } else {
+            DEFAULT_UNIDENTIFIED_SHARE
+        };
+        (self.max_connections(policy) / share).max(1)
+    }
+
     /// Admit a new connection under the overall limit; `None`: refuse it.
     pub fn admit(&self, policy: &Policy) -> Option<ConnPermit> {
         admit(&self.open, self.max_connections(policy))
@@ -259,13 +284,10 @@ impl Limiter {
     /// none).
     pub fn identity(&self, policy: &Policy, first: Option<&Arc<str>>) -> IdentityLimits {
         let tables = self.tables(policy);
-        if tables.identities.is_empty() {
-            return tables.unlimited.clone();
-        }
         tables
             .identities
             .get(&first.cloned())
-            .unwrap_or(&tables.unlimited)
+            .unwrap_or(&tables.unmatched)
             .clone()
     }
 
@@ -292,7 +314,8 @@ impl Limiter {
         if policy.generation() <= old.generation {
             return old;
         }
-        let new = Arc::new(Tables::build(policy, &old));
+        let max_open = |identified| self.max_connections_per_identity(policy, identified);
+        let new = Arc::new(Tables::build(policy, &old, max_open));
         self.tables.store(new.clone());
         new
     }
@@ -306,27 +329,27 @@ impl Default for Limiter {
 
 impl Tables {
     /// The tables of `policy`, keeping `old`'s state where the limit is unchanged.
-    fn build(policy: &Policy, old: &Tables) -> Self {
+    /// `max_open(identified)`: the connection limit of an identity, or of the unidentified.
+    fn build(policy: &Policy, old: &Tables, max_open: impl Fn(bool) -> usize) -> Self {
         let limits = &policy.settings.limits;
         let mut identities = HashMap::new();
-        if limits.max_connections_per_identity.is_some() || limits.rate_per_identity.is_some() {
-            let names = policy.identity_names().map(|n| Some(Arc::from(n)));
-            for name in names.chain([None]) {
-                let previous = old.identities.get(&name);
-                let bucket = limits.rate_per_identity.map(|rate| {
-                    previous
-                        .and_then(|p| p.bucket.clone())
-                        .filter(|b| b.rate == rate)
-                        .unwrap_or_else(|| Arc::new(Bucket::new(rate)))
-                });
-                let entry = IdentityLimits {
-                    open: previous.map(|p| p.open.clone()).unwrap_or_default(),
-                    max_open: limits.max_connections_per_identity,
-                    bucket,
-                };
-                identities.insert(name, entry);
-            }
+        let names = policy.identity_names().map(|n| Some(Arc::from(n)));
+        for name in names.chain([None]) {
+            let previous = old.identities.get(&name);
+            let bucket = limits.rate_per_identity.map(|rate| {
+                previous
+                    .and_then(|p| p.bucket.clone())
+                    .filter(|b| b.rate == rate)
+                    .unwrap_or_else(|| Arc::new(Bucket::new(rate)))
+            });
+            let entry = IdentityLimits {
+                open: previous.map(|p| p.open.clone()).unwrap_or_default(),
+                max_open: Some(max_open(name.is_some())),
+                bucket,
+            };
+            identities.insert(name, entry);
         }
+        let unmatched = identities.get(&None).cloned().unwrap_or_default();
         let mut rules = HashMap::new();
         for rule in policy.rules() {
             let Some(rate) = rule.limits().rate else {
@@ -343,7 +366,7 @@ impl Tables {
         Self {
             generation: policy.generation(),
             identities,
-            unlimited: old.unlimited.clone(),
+            unmatched,
             rules,
         }
     }

@@ -17,6 +17,7 @@ mod check;
 mod credential;
 mod diagnostic;
 mod endpoint;
+mod evasion;
 mod explain;
 mod file;
 mod glob;
@@ -47,6 +48,7 @@ pub use self::{
     caller::IdentitySet,
     diagnostic::Diagnostic,
     endpoint::{Destination, Ports, Prefix},
+    evasion::Evasion,
     explain::{Caller, ExplainError, Explanation, Outcome, RuleNote, explain},
     matcher::{Decision, Headers, Reason, Rule, Verdict},
 };
@@ -217,6 +219,8 @@ pub struct Anomalies {
     pub token_reuse: bool,
     /// An executable path whose SHA-256 changed under the same identity.
     pub binary_changed: bool,
+    /// Requests refused as evasions (look-alikes, overrides, hosts, unasked upgrades).
+    pub evasion_attempt: bool,
 }
 
 /// A count per window is anomalous when it is at least `min_count` and above `factor` times
@@ -466,6 +470,7 @@ impl Default for Anomalies {
             new_endpoint: Some(Self::NEW_ENDPOINT_LEARNING),
             token_reuse: true,
             binary_changed: true,
+            evasion_attempt: true,
         }
     }
 }

@@ -256,7 +256,21 @@ impl Relay {
         drop(permit);
         reset(client);
         let who = ids.names().next().unwrap_or("unidentified");
-        let max = policy.settings.limits.max_connections_per_identity;
+        let identified = ids.names().next().is_some();
+        let max = self
+            .limiter
+            .max_connections_per_identity(policy, identified);
+        let why = match policy.settings.limits.max_connections_per_identity {
+            Some(_) => "maxConnectionsPerIdentity".to_owned(),
+            None if identified => format!(
+                "maxConnectionsPerIdentity default: maxConnections / {}",
+                crate::limits::DEFAULT_IDENTITY_SHARE
+            ),
+            None => format!(
+                "maxConnectionsPerIdentity default for the unidentified: maxConnections / {}",
+                crate::limits::DEFAULT_UNIDENTIFIED_SHARE
+            ),
+        };
         debug!(
             client = %peer,
             identity = who,
@@ -270,11 +284,7 @@ impl Relay {
             peer,
             Arc::new(crate::audit::Caller::from(identity)),
             ids.shared_names().into(),
-            format!(
-                "identity `{who}` has {} connections open, the most allowed \
-                 (maxConnectionsPerIdentity)",
-                max.unwrap_or_default()
-            ),
+            format!("identity `{who}` has {max} connections open, the most allowed ({why})"),
         ));
     }
 

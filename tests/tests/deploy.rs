@@ -155,6 +155,7 @@ const METRICS: &[Metric] = &[
                     "token_reuse",
                     "deny_spike",
                     "binary_changed",
+                    "evasion_attempt",
                 ],
             ),
             ("identity", &[]),

@@ -71,6 +71,7 @@ fn only() -> Anomalies {
         new_endpoint: None,
         token_reuse: false,
         binary_changed: false,
+        evasion_attempt: false,
     }
 }
 
@@ -312,6 +313,52 @@ fn a_changed_digest_under_the_same_identity_is_reported_once() {
             &Some(Measure::Text("aa".into())),
             Some("/usr/bin/worker")
         )
+    );
+}
+
+/// Requests refused as evasions are one record per episode: ticks in a row that each see
+/// one; a quiet tick ends it. Other refusals are not evasions.
+#[test]
+fn evasion_attempts_are_reported_once_per_episode() {
+    let config = Anomalies {
+        evasion_attempt: true,
+        ..only()
+    };
+    let d = Detectors::new(&config);
+    d.observe(&record(&["billing"], Verdict::Deny, "no matching rule"));
+    d.observe(&record(&["billing"], Verdict::Reject, "malformed request"));
+    assert_eq!(d.tick(&config, Instant::now()), []);
+    d.observe(&record(&["billing"], Verdict::Deny, "lookalike header"));
+    d.observe(&record(&["billing"], Verdict::Reject, "unexpected upgrade"));
+    d.observe(&record(&[], Verdict::Deny, "method override"));
+    let found = d.tick(&config, Instant::now());
+    let mut found_kinds = kinds(&found);
+    found_kinds.sort();
+    assert_eq!(
+        found_kinds,
+        [
+            ("evasion_attempt", "billing"),
+            ("evasion_attempt", "unidentified")
+        ]
+    );
+    let billing = found.iter().find(|r| &*r.identity == "billing").unwrap();
+    assert_eq!(billing.observed, Measure::Count(2));
+    assert_eq!(
+        billing.explanation,
+        "billing: 2 requests refused as evasion attempts in 1 s, the latest for `unexpected upgrade`"
+    );
+    // The same episode while attempts go on; a new one after a quiet tick.
+    d.observe(&record(&["billing"], Verdict::Deny, "host not allowed"));
+    assert_eq!(d.tick(&config, Instant::now()), []);
+    assert_eq!(d.tick(&config, Instant::now()), []);
+    d.observe(&record(
+        &["billing"],
+        Verdict::Deny,
+        "lookalike query parameter",
+    ));
+    assert_eq!(
+        kinds(&d.tick(&config, Instant::now())),
+        [("evasion_attempt", "billing")]
     );
 }
 

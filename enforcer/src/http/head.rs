@@ -82,7 +82,7 @@ impl Header {
     }
 }
 
-/// Where a complete head ends, as found by [`scan`].
+/// Where a complete head ends, as found by [`Scanner::scan`].
 pub(super) struct Scanned {
     /// Bytes of the head, including any empty lines before the start line and the final CRLF.
     pub(super) len: usize,
@@ -90,87 +90,117 @@ pub(super) struct Scanned {
     pub(super) fields: usize,
 }
 
-/// Finds the end of the head at the start of `buf`.
-///
-/// `Ok(None)`: the head is incomplete and within the limits so far. Errors as soon as a limit
-/// is exceeded or a bare CR or LF is seen, complete or not.
-pub(super) fn scan(buf: &[u8], limits: &Limits) -> Result<Option<Scanned>, HeadError> {
-    let mut line_start = 0;
-    let mut seen_start_line = false;
-    let mut fields = 0;
-    loop {
-        let Some(eol) = buf[line_start..]
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .map(|offset| line_start + offset)
-        else {
-            return incomplete(buf, line_start, seen_start_line, limits);
-        };
-        if buf[eol] == b'\n' {
-            return Err(HeadError::BareLf);
+/// Where the search for the end of a head stopped: fed the same buffer again with more bytes
+/// appended, [`Scanner::scan`] resumes there, so a head trickled one byte per read costs
+/// linear work, not a rescan from its first byte each time.
+#[derive(Debug, Default)]
+pub(super) struct Scanner {
+    /// Start of the line being scanned.
+    line_start: usize,
+    /// Bytes of that line before this offset hold no CR or LF.
+    searched: usize,
+    seen_start_line: bool,
+    /// Field lines complete so far.
+    fields: usize,
+    /// Bytes compared so far, for tests that count the work.
+    #[cfg(test)]
+    examined: usize,
+}
+
+// === impl Scanner ===
+
+impl Scanner {
+    /// Finds the end of the head at the start of `buf`, which must extend the buffer of the
+    /// previous call (same bytes, more after them).
+    ///
+    /// `Ok(None)`: the head is incomplete and within the limits so far. Errors as soon as a
+    /// limit is exceeded or a bare CR or LF is seen, complete or not; after an error or a
+    /// complete head the scanner is spent.
+    pub(super) fn scan(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<Scanned>, HeadError> {
+        loop {
+            let from = self.searched.max(self.line_start);
+            let window = &buf[from..];
+            let found = window.iter().position(|&b| b == b'\r' || b == b'\n');
+            #[cfg(test)]
+            {
+                self.examined += found.map_or(window.len(), |offset| offset + 1);
+            }
+            let Some(eol) = found.map(|offset| from + offset) else {
+                self.searched = buf.len();
+                return self.incomplete(buf, limits);
+            };
+            if buf[eol] == b'\n' {
+                return Err(HeadError::BareLf);
+            }
+            match buf.get(eol + 1) {
+                Some(b'\n') => {}
+                Some(_) => return Err(HeadError::BareCr),
+                None => {
+                    // The CR may be the start of the line's CRLF: look at it again.
+                    self.searched = eol;
+                    return self.incomplete(buf, limits);
+                }
+            }
+            let (line_start, next) = (self.line_start, eol + 2);
+            if next > limits.max_head_bytes {
+                return Err(HeadError::HeadTooLarge {
+                    limit: limits.max_head_bytes,
+                });
+            }
+            if eol == line_start {
+                if self.seen_start_line {
+                    return Ok(Some(Scanned {
+                        len: next,
+                        fields: self.fields,
+                    }));
+                }
+                // RFC 9112 §2.2: a server SHOULD ignore empty lines before the request line
+                // (old clients send a CRLF after a POST body). httparse skips them too, and they
+                // count against `max_head_bytes`.
+            } else if !self.seen_start_line {
+                if eol - line_start > limits.max_request_line {
+                    return Err(HeadError::StartLineTooLong {
+                        limit: limits.max_request_line,
+                    });
+                }
+                self.seen_start_line = true;
+            } else {
+                if matches!(buf[line_start], b' ' | b'\t') {
+                    return Err(HeadError::ObsFold);
+                }
+                self.fields += 1;
+                if self.fields > limits.max_headers {
+                    return Err(HeadError::TooManyHeaders {
+                        limit: limits.max_headers,
+                    });
+                }
+            }
+            self.line_start = next;
         }
-        match buf.get(eol + 1) {
-            Some(b'\n') => {}
-            Some(_) => return Err(HeadError::BareCr),
-            None => return incomplete(buf, line_start, seen_start_line, limits),
+    }
+
+    /// The head is incomplete: refuse now if it can no longer fit the limits.
+    fn incomplete(&self, buf: &[u8], limits: &Limits) -> Result<Option<Scanned>, HeadError> {
+        let partial = &buf[self.line_start..];
+        // A CR at the very end may be the start of the line's CRLF, not part of the line.
+        let partial = partial.strip_suffix(b"\r").unwrap_or(partial);
+        if !self.seen_start_line && partial.len() > limits.max_request_line {
+            return Err(HeadError::StartLineTooLong {
+                limit: limits.max_request_line,
+            });
         }
-        let next = eol + 2;
-        if next > limits.max_head_bytes {
+        // The head ends past the end of `buf`, so it is already longer than `buf`.
+        if buf.len() >= limits.max_head_bytes {
             return Err(HeadError::HeadTooLarge {
                 limit: limits.max_head_bytes,
             });
         }
-        if eol == line_start {
-            if seen_start_line {
-                return Ok(Some(Scanned { len: next, fields }));
-            }
-            // RFC 9112 §2.2: a server SHOULD ignore empty lines before the request line (old
-            // clients send a CRLF after a POST body). httparse skips them too, and they count
-            // against `max_head_bytes`.
-        } else if !seen_start_line {
-            if eol - line_start > limits.max_request_line {
-                return Err(HeadError::StartLineTooLong {
-                    limit: limits.max_request_line,
-                });
-            }
-            seen_start_line = true;
-        } else {
-            if matches!(buf[line_start], b' ' | b'\t') {
-                return Err(HeadError::ObsFold);
-            }
-            fields += 1;
-            if fields > limits.max_headers {
-                return Err(HeadError::TooManyHeaders {
-                    limit: limits.max_headers,
-                });
-            }
-        }
-        line_start = next;
+        Ok(None)
     }
-}
-
-/// The head is incomplete: refuse now if it can no longer fit the limits.
-fn incomplete(
-    buf: &[u8],
-    line_start: usize,
-    seen_start_line: bool,
-    limits: &Limits,
-) -> Result<Option<Scanned>, HeadError> {
-    let partial = &buf[line_start..];
-    // A CR at the very end may be the start of the line's CRLF, not part of the line.
-    let partial = partial.strip_suffix(b"\r").unwrap_or(partial);
-    if !seen_start_line && partial.len() > limits.max_request_line {
-        return Err(HeadError::StartLineTooLong {
-            limit: limits.max_request_line,
-        });
-    }
-    // The head ends past the end of `buf`, so it is already longer than `buf`.
-    if buf.len() >= limits.max_head_bytes {
-        return Err(HeadError::HeadTooLarge {
-            limit: limits.max_head_bytes,
-        });
-    }
-    Ok(None)
 }
 
 /// Splits a scanned head into its start line and its field lines (CRLFs removed, the final

@@ -6,6 +6,8 @@
 //! one valid `Host`, and a request target reduced to one spelling (see [`super::path`]).
 //! Reports each refused rule as its own [`RequestError`] variant.
 
+use std::net::{IpAddr, SocketAddr};
+
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
@@ -241,6 +243,39 @@ impl Request {
         self.host.as_deref()
     }
 
+    /// Whether `Host` agrees with the destination the connection was made to: its port
+    /// (explicit, or 80) is the destination's, and an IP-literal host is the destination's
+    /// address. A name agrees whatever address it resolves to: the agent does not resolve.
+    pub fn authority_agrees(&self, dst: SocketAddr) -> bool {
+        let Some(host) = &self.host else {
+            return false;
+        };
+        let (name, port) = match host.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((addr, "")) => (addr, None),
+                Some((addr, after)) => match after.strip_prefix(':') {
+                    Some(port) => (addr, Some(port)),
+                    None => return false,
+                },
+                None => return false,
+            },
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host.as_str(), None),
+            },
+        };
+        let port_agrees = match port {
+            Some(port) => port.parse::<u16>().is_ok_and(|p| p == dst.port()),
+            None => dst.port() == 80,
+        };
+        let address_agrees = match name.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical() == dst.ip().to_canonical(),
+            // Only an IPv6 address goes in brackets.
+            Err(_) => !host.starts_with('['),
+        };
+        port_agrees && address_agrees
+    }
+
     /// Replace every field named `name` with one `name: value`, last. For the credentials the
     /// agent injects: `name` must be a token and not a field that frames or routes the
     /// request, and `value` a valid field value (the policy checks both when it loads).
@@ -298,32 +333,62 @@ impl Request {
     }
 }
 
-/// Parses the request head at the start of `buf`.
-///
-/// `Ok(None)`: incomplete, read more. `Ok(Some((request, head_len)))`: the head is
-/// `buf[..head_len]` and the body, if any, starts right after. Errors come as soon as the bytes
-/// seen so far cannot become a valid head, limits included.
-///
-/// Accepts origin-form targets, and `http://` absolute-form whose authority equals `Host`
-/// (it is forwarded in origin-form). Refuses CONNECT, `OPTIONS *` and authority-form.
-///
-/// Each call scans `buf` from its start, so call again only when bytes have arrived, and bound
-/// the time a head may take: a client trickling one byte per segment costs quadratic scanning
-/// up to `max_head_bytes`.
+/// Parses the request head at the start of `buf`, in one go: [`RequestParser::parse`] on a
+/// fresh parser.
 pub fn parse_request(
     buf: &[u8],
     limits: &Limits,
 ) -> Result<Option<(Request, usize)>, RequestError> {
-    // Checked first: neither has a CRLF soon, so the scanner would wait for more bytes.
-    if buf.first() == Some(&TLS_HANDSHAKE) {
-        return Err(RequestError::NotHttp { what: "tls" });
+    RequestParser::default().parse(buf, limits)
+}
+
+/// Parses one request head as its bytes arrive, resuming the search for its end where the
+/// previous call stopped.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    scanner: head::Scanner,
+}
+
+// === impl RequestParser ===
+
+impl RequestParser {
+    /// Parses the request head at the start of `buf`, which holds what the previous call saw
+    /// and possibly more (call again only when bytes have arrived). Once it returns a request
+    /// or an error, start the next head with a new parser.
+    ///
+    /// `Ok(None)`: incomplete, read more. `Ok(Some((request, head_len)))`: the head is
+    /// `buf[..head_len]` and the body, if any, starts right after. Errors come as soon as the
+    /// bytes seen so far cannot become a valid head, limits included.
+    ///
+    /// Accepts origin-form targets, and `http://` absolute-form whose authority equals `Host`
+    /// (it is forwarded in origin-form). Refuses CONNECT, `OPTIONS *` and authority-form.
+    ///
+    /// Each byte is scanned about once however the head is split (linear work); bound the
+    /// time a head may take all the same (slowloris).
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<(Request, usize)>, RequestError> {
+        // Checked first: neither has a CRLF soon, so the scanner would wait for more bytes.
+        if buf.first() == Some(&TLS_HANDSHAKE) {
+            return Err(RequestError::NotHttp { what: "tls" });
+        }
+        if buf.starts_with(H2_PREFACE) {
+            return Err(RequestError::NotHttp { what: "http2" });
+        }
+        let Some(scanned) = self.scanner.scan(buf, limits)? else {
+            return Ok(None);
+        };
+        parse_scanned(buf, &scanned)
     }
-    if buf.starts_with(H2_PREFACE) {
-        return Err(RequestError::NotHttp { what: "http2" });
-    }
-    let Some(scanned) = head::scan(buf, limits)? else {
-        return Ok(None);
-    };
+}
+
+/// Parses the head [`head::Scanner`] found at the start of `buf`.
+fn parse_scanned(
+    buf: &[u8],
+    scanned: &head::Scanned,
+) -> Result<Option<(Request, usize)>, RequestError> {
     let head = &buf[..scanned.len];
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let mut heap = Vec::new();

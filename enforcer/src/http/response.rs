@@ -119,17 +119,48 @@ impl Response {
     }
 }
 
-/// Parses the response head at the start of `buf`.
-///
-/// `Ok(None)`: incomplete, read more. `Ok(Some((response, head_len)))`: the head is
-/// `buf[..head_len]`.
+/// Parses the response head at the start of `buf`, in one go: [`ResponseParser::parse`] on
+/// a fresh parser.
 pub fn parse_response(
     buf: &[u8],
     limits: &Limits,
 ) -> Result<Option<(Response, usize)>, ResponseError> {
-    let Some(scanned) = head::scan(buf, limits)? else {
-        return Ok(None);
-    };
+    ResponseParser::default().parse(buf, limits)
+}
+
+/// Parses one response head as its bytes arrive, resuming the search for its end where the
+/// previous call stopped (see [`super::RequestParser`]).
+#[derive(Debug, Default)]
+pub struct ResponseParser {
+    scanner: head::Scanner,
+}
+
+// === impl ResponseParser ===
+
+impl ResponseParser {
+    /// Parses the response head at the start of `buf`, which holds what the previous call saw
+    /// and possibly more. Once it returns a response or an error, start the next head with a
+    /// new parser.
+    ///
+    /// `Ok(None)`: incomplete, read more. `Ok(Some((response, head_len)))`: the head is
+    /// `buf[..head_len]`.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<(Response, usize)>, ResponseError> {
+        let Some(scanned) = self.scanner.scan(buf, limits)? else {
+            return Ok(None);
+        };
+        parse_scanned(buf, &scanned)
+    }
+}
+
+/// Parses the head [`head::Scanner`] found at the start of `buf`.
+fn parse_scanned(
+    buf: &[u8],
+    scanned: &head::Scanned,
+) -> Result<Option<(Response, usize)>, ResponseError> {
     let head = &buf[..scanned.len];
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let mut heap = Vec::new();

@@ -125,9 +125,61 @@ fn connections_are_counted_overall_and_per_identity() {
 
     let p = policy("{maxConnections: 1}", "{}");
     assert_eq!(limiter.max_connections(&p), 1);
+    // `a` keeps its open connection across the reload: at the new default of 1, no more.
+    assert!(limiter.identity(&p, Some(&a)).admit().is_none());
+    let b: Arc<str> = "b".into();
     assert!(
-        limiter.identity(&p, Some(&a)).admit().is_some(),
-        "no identity limit"
+        limiter.identity(&p, Some(&b)).admit().is_some(),
+        "the default identity limit is at least 1"
+    );
+}
+
+/// Without `maxConnectionsPerIdentity`, an identity holds at most a quarter of
+/// `maxConnections` and the unidentified together a sixteenth, whichever way the overall limit
+/// is set; an explicit limit applies to both.
+#[test]
+fn identities_share_the_connections_by_default() {
+    let cases = [
+        // (limiter default, limits, identified, unidentified)
+        (10_112, "{}", 2528, 632),
+        (3, "{}", 1, 1),
+        (100, "{maxConnections: 40}", 10, 2),
+        (
+            100,
+            "{maxConnections: 40, maxConnectionsPerIdentity: 30}",
+            30,
+            30,
+        ),
+    ];
+    for (default, limits, identified, unidentified) in cases {
+        let limiter = Limiter::with_default_max_connections(default);
+        let p = policy(limits, "{}");
+        assert_eq!(
+            limiter.max_connections_per_identity(&p, true),
+            identified,
+            "{limits}"
+        );
+        assert_eq!(
+            limiter.max_connections_per_identity(&p, false),
+            unidentified,
+            "{limits}"
+        );
+    }
+
+    let limiter = Limiter::with_default_max_connections(100);
+    let p = policy("{maxConnections: 40}", "{}");
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let held: Vec<_> = std::iter::from_fn(|| limiter.identity(&p, Some(&a)).admit())
+        .take(40)
+        .collect();
+    assert_eq!(held.len(), 10, "identity `a` stops at its share");
+    let none: Vec<_> = std::iter::from_fn(|| limiter.identity(&p, None).admit())
+        .take(40)
+        .collect();
+    assert_eq!(none.len(), 2, "the unidentified share one smaller count");
+    assert!(
+        limiter.identity(&p, Some(&b)).admit().is_some(),
+        "another identity is still admitted"
     );
 }
 

@@ -167,6 +167,7 @@ fn anomalies(d: &mut Diagnostics, a: AnomaliesFile) -> Anomalies {
         },
         token_reuse: a.token_reuse.is_none_or(|s| on(s.enabled)),
         binary_changed: a.binary_changed.is_none_or(|s| on(s.enabled)),
+        evasion_attempt: a.evasion_attempt.is_none_or(|s| on(s.enabled)),
     }
 }
 
@@ -813,6 +814,46 @@ fn rule(
         }
         query.push((k.value.into(), v.value.into()));
     }
+    // hosts
+    let mut hosts: Vec<Box<str>> = Vec::new();
+    if let Some(h) = &f.hosts
+        && h.value.is_empty()
+    {
+        d.at(
+            &h.referenced,
+            format!("rule `{id}`: `hosts` is empty: leave it out for any host"),
+        );
+    }
+    for h in f.hosts.iter().flat_map(|h| &h.value) {
+        let lower = h.value.to_ascii_lowercase();
+        if !super::evasion::valid_host_pattern(&lower) {
+            d.at(
+                &h.referenced,
+                format!(
+                    "rule `{id}`: bad host `{}`: expected an ASCII name, `*.` and a name, or an \
+                     IP address, without a port",
+                    h.value
+                ),
+            );
+        }
+        hosts.push(lower.into());
+    }
+    // overrides
+    let mut overrides: Vec<Box<str>> = Vec::new();
+    for o in f.overrides.iter().flatten() {
+        let lower = o.value.to_ascii_lowercase();
+        if !super::evasion::is_override_header(&lower) {
+            d.at(
+                &o.referenced,
+                format!(
+                    "rule `{id}`: `{}` is not a method- or URL-override header (one of {})",
+                    o.value,
+                    super::evasion::override_header_names()
+                ),
+            );
+        }
+        overrides.push(lower.into());
+    }
     // websocket
     let websocket = f.websocket.as_ref().is_some_and(|w| w.value);
     if let Some(w) = &f.websocket
@@ -849,6 +890,8 @@ fn rule(
         paths: paths.into(),
         headers: headers.into(),
         query: query.into(),
+        hosts: hosts.into(),
+        overrides: overrides.into(),
         websocket,
         mode: f.mode.unwrap_or(Mode::Enforce),
         require,

@@ -101,8 +101,9 @@ pub struct Caller {
 
 /// Decide `method url` for `identity`, and explain it. The URL's host is resolved, and its
 /// address and port looked up among the services. The path is normalised as the agent does
-/// ([`crate::http::normalize_path`]), and the explanation shows the result. No headers are
-/// sent, so rules that require one say so.
+/// ([`crate::http::normalize_path`]), and the explanation shows the result. The only header
+/// sent is `Host`, the URL's authority (as curl sends it), so rules that require another say
+/// so.
 pub fn explain(
     policy: &Policy,
     identity: &Identity,
@@ -171,8 +172,13 @@ pub(super) fn explain_with(
     let Some((_, service)) = protected else {
         return Ok(explanation);
     };
-    let no_headers: &[(&str, &str)] = &[];
-    let d = policy.decide(&caller, service, method, path, no_headers, target.query);
+    let authority = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let headers: &[(&str, &str)] = &[("host", &authority)];
+    let d = policy.decide(&caller, service, method, path, headers, target.query);
     explanation.outcome = Outcome::Decided {
         service: service.to_owned(),
         verdict: d.verdict,
@@ -200,7 +206,7 @@ pub(super) fn explain_with(
                     patterns.join(", ")
                 ))
             }
-            _ => rule.unmet(method, no_headers, target.query),
+            _ => rule.unmet(method, headers, target.query),
         };
         let (line, column) = rule.location();
         explanation.rules.push(RuleNote {

@@ -80,6 +80,7 @@ pub(super) struct AnomaliesFile {
     pub new_endpoint: Option<NewEndpointFile>,
     pub token_reuse: Option<SwitchFile>,
     pub binary_changed: Option<SwitchFile>,
+    pub evasion_attempt: Option<SwitchFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,6 +148,10 @@ pub(super) struct RuleFile {
     pub headers: Option<Entries<Spanned<String>>>,
     #[serde(default)]
     pub query: Option<Entries<Spanned<String>>>,
+    #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub overrides: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub websocket: Option<Spanned<bool>>,
     #[serde(default)]

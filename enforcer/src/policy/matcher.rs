@@ -18,6 +18,7 @@ use std::{
 
 use super::{
     IdentitySet, Mode, Policy,
+    evasion::{self, Evasion},
     pattern::{End, Method, Methods, NormalPath, PathPattern, Segment, next_segment, wildcard_ok},
 };
 use crate::credentials::{CredentialCheck, Credentials, Rejection, Requirement};
@@ -33,6 +34,10 @@ pub struct Rule {
     /// Header names lower-cased.
     pub(super) headers: Box<[(Box<str>, Box<str>)]>,
     pub(super) query: Box<[(Box<str>, Box<str>)]>,
+    /// `Host` names the rule is for (lower case; `*.` prefixes): empty for any.
+    pub(super) hosts: Box<[Box<str>]>,
+    /// Method- and URL-override headers the rule lets through (lower case).
+    pub(super) overrides: Box<[Box<str>]>,
     pub(super) websocket: bool,
     pub(super) mode: Mode,
     /// A header to replace in allowed requests, with its value's file.
@@ -85,6 +90,9 @@ pub enum Reason {
     /// request did not satisfy: the answer is the rejection's (401, 403 or 503), and the
     /// details are in the [`CredentialCheck`].
     Credential(Rejection),
+    /// No rule allows the request, and a rule that otherwise matched refused a form of it an
+    /// upstream may read differently (see [`Evasion`]).
+    Evasion(Evasion),
 }
 
 /// A decision, with the evidence for it.
@@ -190,8 +198,12 @@ struct Request<'r, 'c, H: ?Sized> {
     upgrade: Upgrade,
     headers: &'r H,
     query: Option<&'r str>,
+    /// The `Host` value, if any.
+    host: Option<&'r [u8]>,
     /// The first matching rule so far, or `u32::MAX`.
     best: u32,
+    /// What the earliest rule that refused an evasion refused.
+    evasion: Option<(u32, Evasion)>,
 }
 
 // === impl Policy ===
@@ -266,7 +278,12 @@ impl Policy {
             upgrade: upgrade(headers),
             headers,
             query,
+            host: headers
+                .pairs()
+                .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| v),
             best: u32::MAX,
+            evasion: None,
         };
         for root in svc.roots(caller) {
             svc.walk(root, path.body, &mut req);
@@ -286,9 +303,11 @@ impl Policy {
                 }
             }
             None => {
-                let reason = req.check.failure().map_or(Reason::NoMatchingRule, |f| {
-                    Reason::Credential(f.rejection())
-                });
+                let reason = match (req.check.failure(), req.evasion) {
+                    (Some(f), _) => Reason::Credential(f.rejection()),
+                    (None, Some((_, evasion))) => Reason::Evasion(evasion),
+                    (None, None) => Reason::NoMatchingRule,
+                };
                 self.refuse(svc.audit_scope(caller), reason)
             }
         }
@@ -361,19 +380,68 @@ impl Rule {
         self.require.as_ref()
     }
 
+    /// Whether the rule allows a request it matched to switch to `protocol` (the request's
+    /// `Upgrade`, lower case): the same test the request side applies, for the proxy to hold a
+    /// 101 to.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        self.websocket && protocol == "websocket"
+    }
+
+    /// The `Host` names the rule is for; empty: any.
+    pub fn hosts(&self) -> &[Box<str>] {
+        &self.hosts
+    }
+
     /// Whether the rule matches a request, the caller, service and credential aside.
-    fn matches<H: Headers + ?Sized>(&self, req: &Request<'_, '_, H>) -> bool {
-        self.methods.contains(req.method)
+    /// `Err(Some(_))`: it would have, but for an evasion it refuses.
+    fn matches<H: Headers + ?Sized>(
+        &self,
+        req: &Request<'_, '_, H>,
+    ) -> Result<(), Option<Evasion>> {
+        let plain = self.methods.contains(req.method)
             && match req.upgrade {
                 Upgrade::None => true,
                 Upgrade::WebSocket => self.websocket,
                 Upgrade::Other => false,
-            }
-            && self
-                .headers
-                .iter()
-                .all(|(n, v)| header_is(req.headers, n, v))
-            && self.query.iter().all(|(k, v)| query_is(req.query, k, v))
+            };
+        if !plain {
+            return Err(None);
+        }
+        self.evasion(req.headers, req.query, req.host)
+            .map_err(Some)?;
+        let constrained = self
+            .headers
+            .iter()
+            .all(|(n, v)| header_is(req.headers, n, v))
+            && self.query.iter().all(|(k, v)| query_is(req.query, k, v));
+        if constrained { Ok(()) } else { Err(None) }
+    }
+
+    /// The forms of a request the rule refuses though it might otherwise match it.
+    fn evasion<H: Headers + ?Sized>(
+        &self,
+        headers: &H,
+        query: Option<&str>,
+        host: Option<&[u8]>,
+    ) -> Result<(), Evasion> {
+        if !self.hosts.is_empty() && !host.is_some_and(|h| evasion::host_allowed(h, &self.hosts)) {
+            return Err(Evasion::HostNotAllowed);
+        }
+        if self
+            .headers
+            .iter()
+            .any(|(n, _)| evasion::lookalike_header(headers, n))
+        {
+            return Err(Evasion::LookalikeHeader);
+        }
+        if self
+            .query
+            .iter()
+            .any(|(k, _)| evasion::lookalike_query(query, k))
+        {
+            return Err(Evasion::LookalikeQuery);
+        }
+        evasion::overrides_ok(headers, &self.overrides, &self.methods, &self.paths)
     }
 
     /// What the rule requires of a request beyond the caller, service and path, and does not
@@ -393,6 +461,19 @@ impl Rule {
             }
             Upgrade::Other => return Some("no rule allows upgrades other than WebSocket".into()),
             _ => {}
+        }
+        let host = headers
+            .pairs()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v);
+        if let Err(e) = self.evasion(headers, query, host) {
+            return Some(match e {
+                Evasion::HostNotAllowed => format!(
+                    "needs a Host among {}, matching the destination",
+                    self.hosts.join(", ")
+                ),
+                other => format!("refuses the request: {other}"),
+            });
         }
         for (n, v) in &self.headers {
             if !header_is(headers, n, v) {
@@ -544,6 +625,7 @@ impl Reason {
             Reason::PathNotNormal => "path not normalised",
             Reason::StaleIdentities => "BUG: identities classified by another policy",
             Reason::Credential(r) => r.as_str(),
+            Reason::Evasion(e) => e.as_str(),
         }
     }
 }
@@ -761,8 +843,15 @@ impl<H: Headers + ?Sized> Request<'_, '_, H> {
                 return;
             }
             let rule = &self.rules[r as usize];
-            if !rule.matches(self) {
-                continue;
+            match rule.matches(self) {
+                Ok(()) => {}
+                Err(None) => continue,
+                Err(Some(evasion)) => {
+                    if self.evasion.is_none_or(|(first, _)| r < first) {
+                        self.evasion = Some((r, evasion));
+                    }
+                    continue;
+                }
             }
             let Some(require) = &rule.require else {
                 self.best = r;

@@ -302,6 +302,22 @@ pub(super) async fn serve(
                 }
             }
         }
+        // A rule's `hosts` names the virtual host; the request must also be for this
+        // destination, or a name allowed on one address would be sent to another.
+        if refusal.is_none()
+            && decision.verdict == Verdict::Allow
+            && decision.rule.is_some_and(|r| !r.hosts().is_empty())
+            && !req.authority_agrees(conn.dst)
+        {
+            record.decision = audit::Verdict::Deny;
+            record.reason = "host does not match destination";
+            record.detail = Some(format!(
+                "host `{}` is not destination {}",
+                req.host().unwrap_or_default(),
+                conn.dst
+            ));
+            refusal = Some((403, None));
+        }
         if decision.verdict == Verdict::Deny {
             refusal = Some(match (decision.reason, check.failure()) {
                 (Reason::Credential(_), Some(failure)) => {
@@ -431,6 +447,13 @@ pub(super) async fn serve(
                 }
             },
         };
+        // The only protocol a 101 may switch to: the one this request asked for, when the
+        // rule that allowed it allows upgrading to it. Any other 101 would turn the connection
+        // into a tunnel no decision covers.
+        let upgrade = req.upgrade().filter(|asked| {
+            decision.verdict == Verdict::Allow
+                && decision.rule.is_some_and(|rule| rule.allows_upgrade(asked))
+        });
         let outcome = exchange(
             &mut client,
             &mut cbuf,
@@ -440,6 +463,7 @@ pub(super) async fn serve(
             &http_limits,
             &limits,
             rule_limits.max_body_bytes,
+            upgrade,
             started,
             &drain,
         )
@@ -451,6 +475,10 @@ pub(super) async fn serve(
         record.upstream_error = outcome.upstream_error;
         if let Some(why) = outcome.failure {
             record.detail = Some(why);
+        }
+        if let Next::UnexpectedUpgrade = outcome.next {
+            record.decision = audit::Verdict::Reject;
+            record.reason = "unexpected upgrade";
         }
         if let Next::BadRequestBody | Next::BodyTooLarge = outcome.next {
             // An abort, not an end: the upstream must not take the part it got for a request.
@@ -493,7 +521,9 @@ pub(super) async fn serve(
             }
             Next::Continue => {}
             Next::ReconnectUpstream => upstream = None,
-            Next::Close | Next::BadRequestBody | Next::BodyTooLarge => return,
+            Next::Close | Next::BadRequestBody | Next::BodyTooLarge | Next::UnexpectedUpgrade => {
+                return;
+            }
             Next::Tunnel => {
                 let Some(mut up) = upstream.take() else {
                     return;
@@ -560,9 +590,10 @@ async fn read_head(
     drain: &mut watch::Receiver<bool>,
 ) -> Result<Option<Request>, HeadFailure> {
     let mut deadline = None::<tokio::time::Instant>;
+    let mut parser = http::RequestParser::default();
     loop {
         if !buf.is_empty() {
-            match http::parse_request(buf, limits) {
+            match parser.parse(buf, limits) {
                 Ok(Some((req, len))) => {
                     buf.advance(len);
                     return Ok(Some(req));
@@ -783,8 +814,12 @@ enum Next {
     /// The client connection goes on; the upstream one cannot be reused.
     ReconnectUpstream,
     Close,
-    /// 101 Switching Protocols: relay bytes both ways from now on.
+    /// 101 Switching Protocols to the protocol the request was allowed to upgrade to: relay
+    /// bytes both ways from now on.
     Tunnel,
+    /// A 101 the request was not allowed to ask for: the client got 502, both connections
+    /// end.
+    UnexpectedUpgrade,
     /// The request body broke its framing: answer 400, abort the upstream connection.
     BadRequestBody,
     /// The chunked request body grew past the rule's limit: answer 413, abort the upstream
@@ -817,6 +852,7 @@ async fn exchange(
     http_limits: &http::Limits,
     limits: &policy::Limits,
     max_body: Option<u64>,
+    upgrade: Option<&str>,
     started: Instant,
     drain: &watch::Receiver<bool>,
 ) -> Outcome {
@@ -867,6 +903,7 @@ async fn exchange(
             RelayState {
                 responding: &responding,
                 drain,
+                upgrade,
             },
         );
         // The response timeout runs from the end of the request: a slow upload is bounded
@@ -939,6 +976,9 @@ async fn exchange(
             }
             outcome.failure = Some(format!("response: {}", e.reason));
             outcome.upstream_error = e.upstream;
+            if e.unexpected_upgrade {
+                outcome.next = Next::UnexpectedUpgrade;
+            }
         }
     }
     outcome
@@ -1122,6 +1162,8 @@ struct RelayError {
     head_relayed: bool,
     /// `None` when the client failed.
     upstream: Option<UpstreamError>,
+    /// The upstream switched protocols unasked (see [`RelayState::upgrade`]).
+    unexpected_upgrade: bool,
 }
 
 /// What the response relay tells, and is told, while it runs.
@@ -1131,6 +1173,8 @@ struct RelayState<'a> {
     responding: &'a AtomicBool,
     /// `true` once the agent drains.
     drain: &'a watch::Receiver<bool>,
+    /// The protocol a 101 may switch to (lower case), if the request was allowed to upgrade.
+    upgrade: Option<&'a str>,
 }
 
 /// Relay interim responses and the final one (head as received, body per its framing). The
@@ -1155,10 +1199,12 @@ where
         reason: e.to_string(),
         head_relayed,
         upstream: e.of_upstream(),
+        unexpected_upgrade: false,
     };
     loop {
+        let mut parser = http::ResponseParser::default();
         let (resp, mut len) = loop {
-            match http::parse_response(buf, limits) {
+            match parser.parse(buf, limits) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => fill(upstream, buf, idle)
                     .await
@@ -1167,6 +1213,18 @@ where
             }
         };
         let kind = resp.kind();
+        if kind == ResponseKind::SwitchingProtocols
+            && let Err(why) = switch_allowed(&resp, state.upgrade)
+        {
+            // Checked before a byte of it goes out: the client may still get the 502. Only
+            // interim responses can have gone before, and a final response may follow them.
+            return Err(RelayError {
+                reason: why,
+                head_relayed: false,
+                upstream: Some(UpstreamError::Protocol),
+                unexpected_upgrade: true,
+            });
+        }
         // A head half-written cannot be followed by the agent's own 504.
         state.responding.store(true, Relaxed);
         if kind != ResponseKind::Final {
@@ -1224,6 +1282,27 @@ where
             closing,
             upstream_reusable: resp.keep_alive() && !until_close,
         });
+    }
+}
+
+/// Whether a 101 switches to `allowed`, the protocol the request asked for and its rule
+/// allows: its `Upgrade` names exactly that protocol (RFC 9110 §7.8: the one the server
+/// switches to, from those the client listed). `Err`: why the switch is refused.
+fn switch_allowed(resp: &http::Response, allowed: Option<&str>) -> Result<(), String> {
+    let Some(allowed) = allowed else {
+        return Err("101 Switching Protocols to a request no rule allowed to upgrade".into());
+    };
+    let mut upgrades = resp
+        .headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("upgrade"));
+    match (upgrades.next(), upgrades.next()) {
+        (Some(h), None) if h.value().eq_ignore_ascii_case(allowed.as_bytes()) => Ok(()),
+        (Some(h), None) => Err(format!(
+            "101 Switching Protocols to `{}`, not the `{allowed}` asked for",
+            h.value()[..h.value().len().min(64)].escape_ascii()
+        )),
+        _ => Err("101 Switching Protocols without exactly one upgrade field".into()),
     }
 }
 

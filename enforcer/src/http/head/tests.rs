@@ -8,9 +8,11 @@ fn limits(max_request_line: usize, max_head_bytes: usize, max_headers: usize) ->
     }
 }
 
-/// `scan` as (head length, field count), for comparing.
+/// One scan of `buf` as (head length, field count), for comparing.
 fn scanned(buf: &[u8], limits: &Limits) -> Result<Option<(usize, usize)>, HeadError> {
-    scan(buf, limits).map(|s| s.map(|s| (s.len, s.fields)))
+    Scanner::default()
+        .scan(buf, limits)
+        .map(|s| s.map(|s| (s.len, s.fields)))
 }
 
 #[test]
@@ -246,4 +248,66 @@ fn splits_lists() {
 fn escapes_for_logs() {
     assert_eq!(escaped(b"a\r\n\x00\xff"), "a\\r\\n\\x00\\xff");
     assert_eq!(escaped(&[b'a'; 100]), format!("{}...", "a".repeat(64)));
+}
+
+/// Fed one byte per call, the scanner looks at each byte about once: at most twice for a CR
+/// that ends a read (it may start a CRLF), never a rescan from the head's start.
+#[test]
+fn a_trickled_head_is_scanned_in_linear_work() {
+    let mut head = b"GET /a HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..90 {
+        head.extend_from_slice(format!("X-Field-{i}: {}\r\n", "v".repeat(200)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut scanner = Scanner::default();
+    for end in 1..head.len() {
+        assert_eq!(
+            scanner
+                .scan(&head[..end], &Limits::default())
+                .map(|s| s.is_none()),
+            Ok(true),
+            "{end}"
+        );
+    }
+    let done = scanner.scan(&head, &Limits::default());
+    assert_eq!(
+        done.map(|s| s.map(|s| (s.len, s.fields))),
+        Ok(Some((head.len(), 91)))
+    );
+    let crs = head.iter().filter(|&&b| b == b'\r').count();
+    assert!(
+        scanner.examined <= head.len() + crs,
+        "{} bytes examined for a head of {}",
+        scanner.examined,
+        head.len()
+    );
+}
+
+/// Resuming finds what one scan of the whole buffer finds, wherever the reads split it: the
+/// same end, the same refusals.
+#[test]
+fn resuming_agrees_with_one_scan() {
+    let cases: &[&[u8]] = &[
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nnext",
+        b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+    ];
+    let limits = limits(64, 256, 2);
+    for buf in cases {
+        let whole = scanned(buf, &limits);
+        for step in 1..=4 {
+            let mut scanner = Scanner::default();
+            let mut end = 0;
+            let resumed = loop {
+                end = (end + step).min(buf.len());
+                match scanner.scan(&buf[..end], &limits) {
+                    Ok(None) if end < buf.len() => continue,
+                    r => break r.map(|s| s.map(|s| (s.len, s.fields))),
+                }
+            };
+            assert_eq!(resumed, whole, "{} in steps of {step}", buf.escape_ascii());
+        }
+    }
 }

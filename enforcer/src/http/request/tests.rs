@@ -630,3 +630,40 @@ fn errors_read_well_in_an_audit_record() {
         "not HTTP/1.x: tls"
     );
 }
+
+/// `Host` agrees with the destination: the same port (80 when none is given), and for an IP
+/// literal the same address, IPv4-mapped forms included.
+#[test]
+fn host_agrees_with_the_destination() {
+    let dst4: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let dst80: std::net::SocketAddr = "10.0.0.5:80".parse().unwrap();
+    let dst6: std::net::SocketAddr = "[::1]:8080".parse().unwrap();
+    let cases: &[(&str, std::net::SocketAddr, bool)] = &[
+        ("api.example.com:8080", dst4, true),
+        ("API.example.com:8080", dst4, true),
+        ("api.example.com", dst4, false),
+        ("api.example.com:80", dst4, false),
+        ("api.example.com:08080", dst4, true),
+        ("api.example.com", dst80, true),
+        ("api.example.com:80", dst80, true),
+        ("127.0.0.1:8080", dst4, true),
+        ("127.0.0.2:8080", dst4, false),
+        ("10.0.0.5", dst80, true),
+        ("10.0.0.6", dst80, false),
+        ("[::1]:8080", dst6, true),
+        ("[::2]:8080", dst6, false),
+        ("[::ffff:127.0.0.1]:8080", dst4, true),
+        ("[::1]:8080", dst4, false),
+    ];
+    for (host, dst, agrees) in cases {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let (req, _) = parse_request(head.as_bytes(), &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.authority_agrees(*dst), *agrees, "{host} to {dst}");
+    }
+    let (no_host, _) = parse_request(b"GET / HTTP/1.0\r\n\r\n", &Limits::default())
+        .unwrap()
+        .unwrap();
+    assert!(!no_host.authority_agrees(dst80));
+}

@@ -61,6 +61,7 @@ fn detectors_turn_off() {
     newEndpoint: {enabled: false}
     tokenReuse: {enabled: false}
     binaryChanged: {enabled: false}
+    evasionAttempt: {enabled: false}
 ",
     );
     assert_eq!(
@@ -72,6 +73,7 @@ fn detectors_turn_off() {
             new_endpoint: None,
             token_reuse: false,
             binary_changed: false,
+            evasion_attempt: false,
         }
     );
 }

@@ -32,7 +32,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
                  paths: [/]\n    header: {a: b}\n",
             ),
             "test.yaml:13:5: unknown field `header`, expected one of id, from, to, methods, \
-             paths, headers, query, websocket, mode, require, inject, limits",
+             paths, headers, query, hosts, overrides, websocket, mode, require, inject, limits",
         ),
         (
             "unknown identity attribute",
@@ -259,6 +259,42 @@ fn rule_errors_are_all_reported() {
          `methods`",
         "test.yaml:31:9: bad rule id `bad id`: use up to 64 letters, digits, `.`, `_` and `-`, \
          starting with a letter or digit",
+    ]
+    .join("\n");
+    assert_eq!(diagnostics(&text), want);
+}
+
+#[test]
+fn hosts_and_overrides_errors() {
+    let text = with_rules(
+        "  - id: r
+    from: [worker]
+    to: api
+    methods: [GET]
+    paths: [/]
+    hosts: [api.example.com, \"api.example.com:80\", \"*\", \"äpi.de\", \"[nope]\"]
+    overrides: [X-HTTP-Method-Override, X-Forwarded-Host]
+  - id: s
+    from: [worker]
+    to: api
+    methods: [GET]
+    paths: [/]
+    hosts: []
+",
+    );
+    let want = [
+        "test.yaml:13:30: rule `r`: bad host `api.example.com:80`: expected an ASCII name, `*.` \
+         and a name, or an IP address, without a port",
+        "test.yaml:13:52: rule `r`: bad host `*`: expected an ASCII name, `*.` and a name, or an \
+         IP address, without a port",
+        "test.yaml:13:57: rule `r`: bad host `äpi.de`: expected an ASCII name, `*.` and a name, \
+         or an IP address, without a port",
+        "test.yaml:13:67: rule `r`: bad host `[nope]`: expected an ASCII name, `*.` and a name, \
+         or an IP address, without a port",
+        "test.yaml:14:41: rule `r`: `X-Forwarded-Host` is not a method- or URL-override header \
+         (one of x-http-method-override, x-http-method, x-method-override, x-original-method, \
+         x-original-url, x-rewrite-url, x-override-url)",
+        "test.yaml:20:12: rule `s`: `hosts` is empty: leave it out for any host",
     ]
     .join("\n");
     assert_eq!(diagnostics(&text), want);

@@ -146,6 +146,9 @@ const ENFORCE: Mode = Mode::Enforce;
 const AUDIT: Mode = Mode::Audit;
 const RULE: Reason = Reason::Rule;
 const NO_RULE: Reason = Reason::NoMatchingRule;
+const LOOKALIKE_HEADER: Reason = Reason::Evasion(Evasion::LookalikeHeader);
+const LOOKALIKE_QUERY: Reason = Reason::Evasion(Evasion::LookalikeQuery);
+const METHOD_OVERRIDE: Reason = Reason::Evasion(Evasion::MethodOverride);
 
 #[test]
 fn decisions() {
@@ -293,7 +296,7 @@ fn decisions() {
                     "payments",
                     "POST",
                     "/v1/exports",
-                    (DENY, None, ENFORCE, NO_RULE),
+                    (DENY, None, ENFORCE, LOOKALIKE_HEADER),
                 ),
                 &[("x-tenant", "acme"), ("x-tenant", "acme")],
                 Some("format=json"),
@@ -315,10 +318,69 @@ fn decisions() {
                     "payments",
                     "POST",
                     "/v1/exports",
-                    (DENY, None, ENFORCE, NO_RULE),
+                    (DENY, None, ENFORCE, LOOKALIKE_QUERY),
                 ),
                 good_export,
                 Some("format=json&format=xml"),
+            ),
+            // Look-alikes of a constrained header or parameter, which upstream frameworks
+            // may merge with it, are refused with their own reason.
+            with(
+                case(
+                    "billing",
+                    "payments",
+                    "POST",
+                    "/v1/exports",
+                    (DENY, None, ENFORCE, LOOKALIKE_HEADER),
+                ),
+                &[("x-tenant", "acme"), ("x_tenant", "other")],
+                Some("format=json"),
+            ),
+            with(
+                case(
+                    "billing",
+                    "payments",
+                    "POST",
+                    "/v1/exports",
+                    (DENY, None, ENFORCE, LOOKALIKE_QUERY),
+                ),
+                good_export,
+                Some("format=json&FORMAT=csv"),
+            ),
+            with(
+                case(
+                    "billing",
+                    "payments",
+                    "POST",
+                    "/v1/exports",
+                    (DENY, None, ENFORCE, LOOKALIKE_QUERY),
+                ),
+                good_export,
+                Some("format=json;format=csv"),
+            ),
+            with(
+                case(
+                    "billing",
+                    "payments",
+                    "POST",
+                    "/v1/exports",
+                    (DENY, None, ENFORCE, LOOKALIKE_QUERY),
+                ),
+                good_export,
+                Some("%66ormat=json"),
+            ),
+            // A method override no rule lists is refused, even where a rule would allow the
+            // request line.
+            with(
+                case(
+                    "billing",
+                    "payments",
+                    "GET",
+                    "/v1/invoices",
+                    (DENY, None, ENFORCE, METHOD_OVERRIDE),
+                ),
+                &[("X-HTTP-Method-Override", "DELETE")],
+                None,
             ),
             with(
                 case(

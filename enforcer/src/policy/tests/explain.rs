@@ -125,6 +125,43 @@ fn explains_audit_scopes_and_unmet_constraints() {
     );
 }
 
+/// A rule's `hosts` is matched against the URL's authority, sent as `Host`.
+#[test]
+fn explains_hosts() {
+    let p = policy(
+        "version: 1
+identities:
+  w: {exe: /usr/bin/w}
+services:
+  api: {endpoints: [\"10.20.0.5:8080\"]}
+rules:
+  - id: vhost
+    from: [w]
+    to: api
+    methods: [GET]
+    paths: [\"/**\"]
+    hosts: [\"*.internal\"]
+",
+    );
+    let w = who().exe("/usr/bin/w").0;
+    let out = run(&p, &w, "GET", "http://10.20.0.5:8080/a");
+    assert!(
+        out.starts_with("decision:   deny (host not allowed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "  vhost (test.yaml:7:9): needs a Host among *.internal, matching the destination\n"
+        ),
+        "{out}"
+    );
+    let out = run(&p, &w, "GET", "http://payments.internal:8080/a");
+    assert!(
+        out.starts_with("decision:   allow by rule `vhost`"),
+        "{out}"
+    );
+}
+
 #[test]
 fn explain_errors() {
     let p = policy(SHIPPED);

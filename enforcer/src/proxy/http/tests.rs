@@ -45,6 +45,7 @@ async fn a_response_waiting_at_once_keeps_the_connection_alive() {
             &http::Limits::default(),
             &policy::Limits::default(),
             None,
+            None,
             Instant::now(),
             &drain,
         )
@@ -57,5 +58,68 @@ async fn a_response_waiting_at_once_keeps_the_connection_alive() {
         );
         caller.read_exact(&mut relayed).await.unwrap();
         assert_eq!(relayed, response);
+    }
+}
+
+/// A 101 is relayed, and the connection becomes a tunnel, only to the protocol the request
+/// was allowed to upgrade to; any other 101 gets the client a 502 and ends the exchange.
+#[tokio::test]
+async fn a_101_switches_only_to_the_allowed_upgrade() {
+    let plain = b"GET /a HTTP/1.1\r\nhost: api\r\n\r\n".as_slice();
+    let ws = b"GET /ws HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        .as_slice();
+    let switch_ws =
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let switch_h2c =
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+    let switch_bare = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+    // (request, the upgrade its rule allows, the upstream's 101, whether it tunnels)
+    type Case<'a> = (&'a [u8], Option<&'a str>, &'a [u8], bool);
+    let cases: [Case; 5] = [
+        (plain, None, switch_bare, false),
+        (plain, None, switch_ws, false),
+        (ws, None, switch_ws, false),
+        (ws, Some("websocket"), switch_h2c, false),
+        (ws, Some("websocket"), switch_ws, true),
+    ];
+    for (request, upgrade, response, tunnels) in cases {
+        let (mut client, mut caller) = pair().await;
+        let (stream, mut server) = pair().await;
+        let mut up = Upstream {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let (request, _) = http::parse_request(request, &http::Limits::default())
+            .unwrap()
+            .unwrap();
+        let (_draining, drain) = tokio::sync::watch::channel(false);
+        server.write_all(response).await.unwrap();
+        let outcome = exchange(
+            &mut client,
+            &mut BytesMut::new(),
+            &mut up,
+            &request,
+            &mut BytesMut::new(),
+            &http::Limits::default(),
+            &policy::Limits::default(),
+            None,
+            upgrade,
+            Instant::now(),
+            &drain,
+        )
+        .await;
+        let case = String::from_utf8_lossy(response).into_owned();
+        drop(client);
+        let mut relayed = Vec::new();
+        caller.read_to_end(&mut relayed).await.unwrap();
+        if tunnels {
+            assert!(matches!(outcome.next, Next::Tunnel), "{case}");
+            assert_eq!(outcome.status, Some(101));
+            assert_eq!(relayed, response);
+        } else {
+            assert!(matches!(outcome.next, Next::UnexpectedUpgrade), "{case}");
+            assert_eq!(outcome.status, Some(502), "{case}");
+            assert_eq!(relayed, BAD_GATEWAY, "{case}");
+        }
     }
 }
