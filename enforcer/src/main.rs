@@ -103,29 +103,37 @@ fn check(file: &Path, format: Output) -> anyhow::Result<()> {
 
 /// `check --format json`, documented in docs/policy.md ("Checking a policy").
 fn check_json(file: &Path, result: Result<Policy, Vec<policy::Diagnostic>>) -> anyhow::Result<()> {
-    let (services, rules, errors) = match &result {
-        Ok(p) => (Some(p.services.len()), Some(p.rules().len()), &[][..]),
-        Err(diagnostics) => (None, None, &diagnostics[..]),
+    let (services, rules, errors, warnings) = match &result {
+        Ok(p) => (
+            Some(p.services.len()),
+            Some(p.rules().len()),
+            &[][..],
+            p.warnings(),
+        ),
+        Err(diagnostics) => (None, None, &diagnostics[..], &[][..]),
     };
-    let errors: Vec<_> = errors
-        .iter()
-        .map(|d| {
-            // Line 0: the file as a whole (it could not be read).
-            let at = |n: u64| (n > 0).then_some(n);
-            serde_json::json!({
-                "file": d.file.display().to_string(),
-                "line": at(d.line),
-                "column": at(d.column),
-                "message": d.message,
+    let as_json = |diagnostics: &[policy::Diagnostic]| -> Vec<serde_json::Value> {
+        diagnostics
+            .iter()
+            .map(|d| {
+                // Line 0: the file as a whole (it could not be read).
+                let at = |n: u64| (n > 0).then_some(n);
+                serde_json::json!({
+                    "file": d.file.display().to_string(),
+                    "line": at(d.line),
+                    "column": at(d.column),
+                    "message": d.message,
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
     let report = serde_json::json!({
         "file": file.display().to_string(),
         "valid": result.is_ok(),
         "services": services,
         "rules": rules,
-        "errors": errors,
+        "errors": as_json(errors),
+        "warnings": as_json(warnings),
     });
     println!("{report}");
     if !errors.is_empty() {

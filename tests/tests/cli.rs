@@ -103,7 +103,8 @@ fn check_json_reports_a_valid_policy_and_an_unreadable_file() {
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         report,
-        json!({"file": example(), "valid": true, "services": 1, "rules": 1, "errors": []})
+        json!({"file": example(), "valid": true, "services": 1, "rules": 1, "errors": [],
+               "warnings": []})
     );
     let missing = "/nonexistent/enforcer-policy.yaml";
     let (code, stdout, _) = enforcer(&["check", "--format", "json", missing]);
@@ -114,6 +115,46 @@ fn check_json_reports_a_valid_policy_and_an_unreadable_file() {
         json!([{"file": missing, "line": null, "column": null,
                 "message": "cannot read: No such file or directory (os error 2)"}])
     );
+}
+
+#[test]
+fn check_warns_of_open_doors_in_both_formats() {
+    let file = std::env::temp_dir().join(format!("enforcer-cli-warn-{}.yaml", std::process::id()));
+    fs::write(
+        &file,
+        r#"version: 1
+identities:
+  curl:
+    exe: /usr/bin/curl
+services:
+  api:
+    endpoints: ["127.0.0.1:18080"]
+    failMode: open
+rules:
+  - {id: r1, from: [curl], to: api, methods: [GET], paths: ["/"]}
+"#,
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let (code, stdout, _) = enforcer(&["check", &f]);
+    assert_eq!(code, 0, "warnings do not fail the check");
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("warning: {f}:8:15: ")) && first.contains("failMode: open"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = enforcer(&["check", "--format", "json", &f]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["errors"], json!([]));
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert_eq!(
+        (&warnings[0]["line"], &warnings[0]["column"]),
+        (&json!(8), &json!(15))
+    );
+    fs::remove_file(file).unwrap();
 }
 
 /// The commit the tree is at, as build.rs stamps it (`None` without git).
