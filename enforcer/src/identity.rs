@@ -4,7 +4,8 @@
 //! The agent adds the executable's path and SHA-256, the user and group names, and the cgroup
 //! path with the systemd unit or container id it names. /proc is read after the fact, so each
 //! enrichment is checked against pid reuse: a process that started after the connect is not the
-//! caller, and its attributes are not attached (`pid_reused`).
+//! caller, and its attributes are not attached (`pid_reused`); nor are those of a process that
+//! exec'd since its connect (`exec_after_connect`, see [`Resolver::resolve`]).
 
 use std::{
     collections::HashMap,
@@ -13,7 +14,7 @@ use std::{
     io::{self, Read},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use enforcer_common::ConnMeta;
@@ -37,14 +38,29 @@ pub struct Identity {
     pub cgroup: Option<Arc<Cgroup>>,
     /// Why `process` is missing, if it is.
     pub unresolved: Option<Unresolved>,
+    /// Whether the process was being traced (ptrace) when the agent looked; `None` if that
+    /// could not be read.
+    pub traced: Option<bool>,
 }
 
-/// Attributes of the calling process, read from /proc once per (tgid, start time).
+/// Attributes of the calling process, read from /proc once per (tgid, start time, exec).
 #[derive(Debug)]
 pub struct Process {
+    /// The executable's path as /proc shows it (from the process's mount namespace).
     pub exe: PathBuf,
+    /// Whether `exe` names, in the agent's mount namespace, the very file the process runs.
+    /// A path from another mount namespace (a bind mount over it, a chroot) may name another
+    /// file here: it is then not believed, and only `sha256` identifies the process.
+    pub exe_trusted: bool,
     /// Lowercase hex SHA-256 of the executable's content.
     pub sha256: Arc<str>,
+}
+
+impl Process {
+    /// The executable's path, if it is believed.
+    pub fn trusted_exe(&self) -> Option<&Path> {
+        self.exe_trusted.then_some(self.exe.as_path())
+    }
 }
 
 /// The caller's cgroup and what it says about the workload.
@@ -64,6 +80,9 @@ pub enum Unresolved {
     PidReused,
     /// /proc or the executable could not be read.
     Unreadable,
+    /// The process exec'd (or began to) after its connect: the image the agent can see is not
+    /// the one that connected.
+    ExecAfterConnect,
 }
 
 impl Unresolved {
@@ -72,18 +91,25 @@ impl Unresolved {
             Unresolved::ProcessExited => "process_exited",
             Unresolved::PidReused => "pid_reused",
             Unresolved::Unreadable => "unreadable",
+            Unresolved::ExecAfterConnect => "exec_after_connect",
         }
     }
 }
 
+/// A process's current exec stamp, by tgid (the kernel's `EXEC_STAMPS` map).
+pub type ExecStamps = Box<dyn Fn(u32) -> Option<u64> + Send + Sync>;
+
 /// Resolves kernel records into identities, with caches.
 pub struct Resolver {
     cgroup_root: PathBuf,
+    exec_stamps: ExecStamps,
     /// Nanoseconds per clock tick of /proc/<pid>/stat's start time.
     ns_per_tick: u64,
-    processes: Mutex<HashMap<(u32, u64), Arc<Process>>>,
-    /// Digest by file identity, so one binary run by many processes is hashed once.
-    digests: Mutex<HashMap<FileKey, Arc<str>>>,
+    /// By (tgid, start time, exec stamp): an exec gives the same process new attributes.
+    processes: Mutex<HashMap<(u32, u64, u64), Arc<Process>>>,
+    /// Digest by file identity, so one binary run by many processes is hashed once: the first
+    /// caller hashes, the others wait on the same cell.
+    digests: Mutex<HashMap<FileKey, Arc<OnceLock<Option<Arc<str>>>>>>,
     cgroups: Mutex<HashMap<u64, Arc<Cgroup>>>,
     users: Mutex<HashMap<u32, Option<Arc<str>>>>,
     groups: Mutex<HashMap<u32, Option<Arc<str>>>>,
@@ -100,12 +126,13 @@ struct FileKey {
 }
 
 impl Resolver {
-    pub fn new(cgroup_root: PathBuf) -> Self {
+    pub fn new(cgroup_root: PathBuf, exec_stamps: ExecStamps) -> Self {
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let ticks = if ticks > 0 { ticks as u64 } else { 100 };
         Self {
             cgroup_root,
+            exec_stamps,
             ns_per_tick: 1_000_000_000 / ticks,
             processes: Mutex::default(),
             digests: Mutex::default(),
@@ -118,9 +145,9 @@ impl Resolver {
     /// Resolve a kernel record. Blocking: reads /proc and, the first time a binary is seen,
     /// hashes it. Call it off the async runtime's worker threads.
     pub fn resolve(&self, meta: &ConnMeta) -> Identity {
-        let (process, unresolved) = match self.process(meta) {
-            Ok(p) => (Some(p), None),
-            Err(why) => (None, Some(why)),
+        let (process, traced, unresolved) = match self.process(meta) {
+            Ok((p, traced)) => (Some(p), traced, None),
+            Err(why) => (None, None, Some(why)),
         };
         Identity {
             tgid: meta.tgid,
@@ -134,27 +161,56 @@ impl Resolver {
             process,
             cgroup: self.cgroup(meta),
             unresolved,
+            traced,
         }
     }
 
-    fn process(&self, meta: &ConnMeta) -> Result<Arc<Process>, Unresolved> {
+    /// The caller's process attributes, and whether it is traced.
+    ///
+    /// Order matters. The executable is opened first, then the pid-reuse guard runs (the
+    /// descriptor is of the process that holds the pid, started before the connect), then the
+    /// exec stamp is read again. The kernel replaces a stamp when an exec begins (before the
+    /// new image is installed, where `sched_prepare_exec` exists) and when it completes; a
+    /// stamp equal to the one recorded at connect, read after the open, proves no exec had
+    /// begun by the open, so the descriptor names the image that made the connect. Everything
+    /// after reads through that descriptor, never through the path.
+    fn process(&self, meta: &ConnMeta) -> Result<(Arc<Process>, Option<bool>), Unresolved> {
         let proc_dir = PathBuf::from(format!("/proc/{}", meta.tgid));
-        let start = self.checked_start(&proc_dir, meta)?;
-        let key = (meta.tgid, start);
-        if let Some(p) = lock(&self.processes).get(&key) {
-            return Ok(p.clone());
-        }
         let exe_link = proc_dir.join("exe");
-        let exe = fs::read_link(&exe_link).map_err(|_| Unresolved::Unreadable)?;
-        let sha256 = self.digest(&exe_link).map_err(|_| Unresolved::Unreadable)?;
+        let exe_file = File::open(&exe_link).map_err(|e| gone_or_unreadable(&e));
+        let start = self.checked_start(&proc_dir, meta)?;
+        let exe_file = exe_file?;
+        match (self.exec_stamps)(meta.tgid) {
+            Some(stamp) if stamp == meta.exec_stamp => {}
+            Some(_) => return Err(Unresolved::ExecAfterConnect),
+            // Removed when the process exits (or its leader thread does, or an exec by
+            // another thread ends it).
+            None => return Err(Unresolved::ProcessExited),
+        }
+        let traced = tracer_pid(&proc_dir).map(|pid| pid != 0);
+        let key = (meta.tgid, start, meta.exec_stamp);
+        let cached = lock(&self.processes).get(&key).cloned();
+        let process = match cached {
+            Some(p) => p,
+            None => {
+                let exe = fs::read_link(&exe_link).map_err(|e| gone_or_unreadable(&e))?;
+                let md = exe_file.metadata().map_err(|_| Unresolved::Unreadable)?;
+                let exe_trusted = names_file(&exe, &md);
+                let sha256 = self.digest(exe_file, &md).ok_or(Unresolved::Unreadable)?;
+                Arc::new(Process {
+                    exe,
+                    exe_trusted,
+                    sha256,
+                })
+            }
+        };
         // The same process must still hold the pid after the reads, or they may describe
         // another one.
         if self.checked_start(&proc_dir, meta)? != start {
             return Err(Unresolved::PidReused);
         }
-        let process = Arc::new(Process { exe, sha256 });
         insert_bounded(&self.processes, key, process.clone());
-        Ok(process)
+        Ok((process, traced))
     }
 
     /// The process's start time in ticks since boot, if it could have made the connect.
@@ -174,11 +230,10 @@ impl Resolver {
         Ok(start)
     }
 
-    /// SHA-256 of the file behind `exe_link`, cached by file identity. Opening the /proc link
-    /// reaches the very inode the process runs, even if its path was replaced or removed.
-    fn digest(&self, exe_link: &Path) -> io::Result<Arc<str>> {
-        let mut file = File::open(exe_link)?;
-        let md = file.metadata()?;
+    /// SHA-256 of `file`, cached by file identity. Hashed once however many callers want it
+    /// at the same time: the others wait for the first. Read through the descriptor taken at
+    /// accept, so the caller may exit or the path be replaced meanwhile.
+    fn digest(&self, mut file: File, md: &fs::Metadata) -> Option<Arc<str>> {
         let key = FileKey {
             dev: md.dev(),
             ino: md.ino(),
@@ -186,12 +241,25 @@ impl Resolver {
             mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
             ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
         };
-        if let Some(d) = lock(&self.digests).get(&key) {
-            return Ok(d.clone());
+        let cell = {
+            let mut digests = lock(&self.digests);
+            if let Some(cell) = digests.get(&key) {
+                cell.clone()
+            } else {
+                if digests.len() >= CACHE_CAPACITY {
+                    digests.clear();
+                }
+                digests.entry(key).or_default().clone()
+            }
+        };
+        let digest = cell
+            .get_or_init(|| sha256_hex(&mut file).ok().map(Into::into))
+            .clone();
+        if digest.is_none() {
+            // A read error is not remembered: the next caller tries again.
+            lock(&self.digests).remove(&key);
         }
-        let digest: Arc<str> = sha256_hex(&mut file)?.into();
-        insert_bounded(&self.digests, key, digest.clone());
-        Ok(digest)
+        digest
     }
 
     fn cgroup(&self, meta: &ConnMeta) -> Option<Arc<Cgroup>> {
@@ -216,6 +284,34 @@ impl Resolver {
         insert_bounded(&self.cgroups, meta.cgroup_id, cgroup.clone());
         Some(cgroup)
     }
+}
+
+fn gone_or_unreadable(e: &io::Error) -> Unresolved {
+    if e.kind() == io::ErrorKind::NotFound {
+        Unresolved::ProcessExited
+    } else {
+        Unresolved::Unreadable
+    }
+}
+
+/// Whether `path`, in the agent's mount namespace, is the file described by `md`.
+fn names_file(path: &Path, md: &fs::Metadata) -> bool {
+    fs::metadata(path).is_ok_and(|here| here.dev() == md.dev() && here.ino() == md.ino())
+}
+
+/// `TracerPid` of /proc/PID/status: the tracer's pid, 0 when not traced.
+fn tracer_pid(proc_dir: &Path) -> Option<u32> {
+    let status = fs::read_to_string(proc_dir.join("status")).ok()?;
+    parse_tracer_pid(&status)
+}
+
+fn parse_tracer_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Lower-case hex SHA-256 of everything `reader` yields, as `sha256sum` prints it.

@@ -9,7 +9,7 @@
 use std::{collections::HashMap, fmt, sync::Arc};
 
 use super::glob::Glob;
-use crate::identity::Identity;
+use crate::identity::{Identity, Process};
 
 /// A named identity, compiled.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +77,7 @@ impl IdentityMatcher {
         let process = id.process.as_deref();
         let cgroup = id.cgroup.as_deref();
         if let Some(exe) = &self.exe {
-            let path = process.and_then(|p| p.exe.to_str());
+            let path = process.and_then(|p| p.trusted_exe()?.to_str());
             if !path.is_some_and(|p| exe.matches(p)) {
                 return Some(Attr::Exe);
             }
@@ -153,7 +153,9 @@ impl Attr {
         let process = id.process.as_deref();
         let cgroup = id.cgroup.as_deref();
         match self {
-            Attr::Exe => process.map(|p| p.exe.display().to_string()),
+            Attr::Exe => process
+                .and_then(Process::trusted_exe)
+                .map(|p| p.display().to_string()),
             Attr::Sha256 => process
                 .map(|p| p.sha256.to_string())
                 .filter(|s| !s.is_empty()),
@@ -274,7 +276,7 @@ impl Classifier {
     pub(super) fn classify(&self, identities: &[IdentityMatcher], id: &Identity) -> Vec<u32> {
         let process = id.process.as_deref();
         let by_exe = process
-            .and_then(|p| p.exe.to_str())
+            .and_then(|p| p.trusted_exe()?.to_str())
             .and_then(|e| self.by_exe.get(e));
         let by_sha = process.and_then(|p| self.by_sha256.get(&*p.sha256));
         let mut ids: Vec<u32> = by_exe
