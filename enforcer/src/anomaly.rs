@@ -1,6 +1,6 @@
 //! Anomaly detection: callers behaving unlike themselves.
 //!
-//! Reports six kinds, each as `enforcer_anomalies_total{kind, identity}` and one audit record
+//! Reports seven kinds, each as `enforcer_anomalies_total{kind, identity}` and one audit record
 //! (plus a warn event `event="anomaly"`) per episode, never per request:
 //! - `request_burst`, `auth_failure_burst`, `deny_spike`: an identity's count per window (all
 //!   requests; credentials missing, invalid or not bound to the caller; denied and would-deny
@@ -13,6 +13,8 @@
 //!   than the first that presented it; once per (token, other identity) in a row.
 //! - `binary_changed`: an executable path whose SHA-256 differs from when the same identity
 //!   last called through it.
+//! - `exec_after_connect`: a request refused because its caller exec'd after connecting (an
+//!   attempt to pass for the binary it exec'd); every one, always on.
 //!
 //! The identity is the first policy identity the caller matches, or `unidentified`: a closed
 //! set, as a metric label must be. Work is split so the request path stays cheap:
@@ -79,6 +81,7 @@ pub enum Kind {
     TokenReuse,
     DenySpike,
     BinaryChanged,
+    ExecAfterConnect,
 }
 
 /// The rate detectors, in the order of [`Tracked::counts`].
@@ -165,6 +168,11 @@ enum Finding {
         current: Arc<str>,
         request_id: String,
     },
+    ExecAfterConnect {
+        identity: Arc<str>,
+        tgid: u32,
+        request_id: String,
+    },
 }
 
 /// A map of 64-bit keys that forgets its oldest entry when full.
@@ -185,6 +193,7 @@ impl Kind {
             Kind::TokenReuse => "token_reuse",
             Kind::DenySpike => "deny_spike",
             Kind::BinaryChanged => "binary_changed",
+            Kind::ExecAfterConnect => "exec_after_connect",
         }
     }
 }
@@ -247,6 +256,13 @@ impl Detectors {
         }
         if self.binary_changed.load(Relaxed) {
             self.see_binary(&tracked, record);
+        }
+        if record.reason == crate::proxy::EXEC_AFTER_CONNECT {
+            self.found(Finding::ExecAfterConnect {
+                identity: tracked.name.clone(),
+                tgid: record.caller.tgid,
+                request_id: record.request_id.clone(),
+            });
         }
     }
 
@@ -550,6 +566,24 @@ impl Finding {
                         Kind::BinaryChanged,
                         identity,
                         Measure::Text(current),
+                        explanation,
+                    )
+                }
+            }
+            Finding::ExecAfterConnect {
+                identity,
+                tgid,
+                request_id,
+            } => {
+                let explanation = format!(
+                    "process {tgid} exec'd after its connect and sent a request on it: refused"
+                );
+                AnomalyRecord {
+                    request_id: Some(request_id),
+                    ..AnomalyRecord::new(
+                        Kind::ExecAfterConnect,
+                        identity,
+                        Measure::Text(tgid.to_string().into()),
                         explanation,
                     )
                 }

@@ -167,9 +167,9 @@ impl Resolver {
 
     /// The caller's process attributes, and whether it is traced.
     ///
-    /// Order matters. The executable is opened first, then the pid-reuse guard runs (the
-    /// descriptor is of the process that holds the pid, started before the connect), then the
-    /// exec stamp is read again. The kernel replaces a stamp when an exec begins (before the
+    /// Order matters. The executable is opened (and its link read) first, then the pid-reuse
+    /// guard runs (the descriptor is of the process that holds the pid, started before the
+    /// connect), then the exec stamp is read again. The kernel replaces a stamp when an exec begins (before the
     /// new image is installed, where `sched_prepare_exec` exists) and when it completes; a
     /// stamp equal to the one recorded at connect, read after the open, proves no exec had
     /// begun by the open, so the descriptor names the image that made the connect. Everything
@@ -178,8 +178,9 @@ impl Resolver {
         let proc_dir = PathBuf::from(format!("/proc/{}", meta.tgid));
         let exe_link = proc_dir.join("exe");
         let exe_file = File::open(&exe_link).map_err(|e| gone_or_unreadable(&e));
+        let exe = fs::read_link(&exe_link).map_err(|e| gone_or_unreadable(&e));
         let start = self.checked_start(&proc_dir, meta)?;
-        let exe_file = exe_file?;
+        let (exe_file, exe) = (exe_file?, exe?);
         match (self.exec_stamps)(meta.tgid) {
             Some(stamp) if stamp == meta.exec_stamp => {}
             Some(_) => return Err(Unresolved::ExecAfterConnect),
@@ -193,7 +194,6 @@ impl Resolver {
         let process = match cached {
             Some(p) => p,
             None => {
-                let exe = fs::read_link(&exe_link).map_err(|e| gone_or_unreadable(&e))?;
                 let md = exe_file.metadata().map_err(|_| Unresolved::Unreadable)?;
                 let exe_trusted = names_file(&exe, &md);
                 let sha256 = self.digest(exe_file, &md).ok_or(Unresolved::Unreadable)?;

@@ -18,6 +18,8 @@
 
 mod http;
 
+pub use http::EXEC_AFTER_CONNECT;
+
 use std::{
     io,
     net::SocketAddr,

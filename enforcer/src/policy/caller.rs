@@ -22,6 +22,8 @@ pub(super) struct IdentityMatcher {
     pub systemd_unit: Option<Glob>,
     pub cgroup: Option<Glob>,
     pub container: Option<Box<str>>,
+    /// `traced: false`: only a caller seen not traced (ptrace) matches.
+    pub traced: Option<bool>,
 }
 
 /// A user or group, by name or numeric id.
@@ -41,6 +43,7 @@ pub(super) enum Attr {
     SystemdUnit,
     Cgroup,
     Container,
+    Traced,
 }
 
 /// The named identities a caller matches, computed once per connection by
@@ -114,6 +117,11 @@ impl IdentityMatcher {
                 return Some(Attr::Container);
             }
         }
+        if let Some(traced) = self.traced
+            && id.traced != Some(traced)
+        {
+            return Some(Attr::Traced);
+        }
         None
     }
 
@@ -127,6 +135,7 @@ impl IdentityMatcher {
             Attr::SystemdUnit => self.systemd_unit.as_ref().map(|g| g.as_str().to_owned()),
             Attr::Cgroup => self.cgroup.as_ref().map(|g| g.as_str().to_owned()),
             Attr::Container => self.container.as_deref().map(str::to_owned),
+            Attr::Traced => self.traced.map(|t| t.to_string()),
         }
         .unwrap_or_default()
     }
@@ -145,6 +154,7 @@ impl Attr {
             Attr::SystemdUnit => "systemdUnit",
             Attr::Cgroup => "cgroup",
             Attr::Container => "container",
+            Attr::Traced => "traced",
         }
     }
 
@@ -164,6 +174,7 @@ impl Attr {
             Attr::SystemdUnit => cgroup.and_then(|c| c.unit.clone()),
             Attr::Cgroup => cgroup.map(|c| c.path.clone()),
             Attr::Container => cgroup.and_then(|c| c.container.clone()),
+            Attr::Traced => id.traced.map(|t| t.to_string()),
         }
     }
 }

@@ -500,6 +500,7 @@ fn identity(d: &mut Diagnostics, key: &Spanned<String>, f: IdentityFile) -> Iden
         systemd_unit: attr(d, f.systemd_unit, caller::systemd_unit),
         cgroup: attr(d, f.cgroup, caller::cgroup),
         container: attr(d, f.container, caller::container),
+        traced: f.traced,
     }
 }
 

@@ -123,6 +123,7 @@ pub(super) struct IdentityFile {
     pub systemd_unit: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub container: Option<Spanned<String>>,
+    pub traced: Option<bool>,
 }
 
 #[derive(Deserialize)]
