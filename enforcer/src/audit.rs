@@ -174,7 +174,7 @@ impl From<&Identity> for Caller {
             exe_untrusted: process
                 .filter(|p| !p.exe_trusted)
                 .map(|p| p.exe.display().to_string()),
-            sha256: process.map(|p| p.sha256.clone()),
+            sha256: process.map(|p| p.sha256.clone()).filter(|d| !d.is_empty()),
             traced: id.traced,
             unresolved: id.unresolved.map(crate::identity::Unresolved::as_str),
             cgroup_id: id.cgroup_id,

@@ -14,7 +14,8 @@ use std::{
     io::{self, Read},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
 };
 
 use enforcer_common::ConnMeta;
@@ -36,7 +37,7 @@ pub struct Identity {
     pub group: Option<Arc<str>>,
     pub process: Option<Arc<Process>>,
     pub cgroup: Option<Arc<Cgroup>>,
-    /// Why `process` is missing, if it is.
+    /// Why `process` is missing, if it is (or, for `HashTimeout`, its digest).
     pub unresolved: Option<Unresolved>,
     /// Whether the process was being traced (ptrace) when the agent looked; `None` if that
     /// could not be read.
@@ -83,6 +84,9 @@ pub enum Unresolved {
     /// The process exec'd (or began to) after its connect: the image the agent can see is not
     /// the one that connected.
     ExecAfterConnect,
+    /// The executable's digest was not ready within the policy's `hashTimeout`; its other
+    /// attributes are known (`sha256` is empty).
+    HashTimeout,
 }
 
 impl Unresolved {
@@ -92,6 +96,7 @@ impl Unresolved {
             Unresolved::PidReused => "pid_reused",
             Unresolved::Unreadable => "unreadable",
             Unresolved::ExecAfterConnect => "exec_after_connect",
+            Unresolved::HashTimeout => "hash_timeout",
         }
     }
 }
@@ -108,11 +113,35 @@ pub struct Resolver {
     /// By (tgid, start time, exec stamp): an exec gives the same process new attributes.
     processes: Mutex<HashMap<(u32, u64, u64), Arc<Process>>>,
     /// Digest by file identity, so one binary run by many processes is hashed once: the first
-    /// caller hashes, the others wait on the same cell.
-    digests: Mutex<HashMap<FileKey, Arc<OnceLock<Option<Arc<str>>>>>>,
+    /// caller starts the hash, every caller waits on the same flight.
+    digests: Mutex<HashMap<FileKey, Arc<Flight>>>,
     cgroups: Mutex<HashMap<u64, Arc<Cgroup>>>,
     users: Mutex<HashMap<u32, Option<Arc<str>>>>,
     groups: Mutex<HashMap<u32, Option<Arc<str>>>>,
+}
+
+/// One file's hash: `None` while it runs, then the digest (`None` inside: unreadable).
+#[derive(Default)]
+struct Flight {
+    digest: Mutex<Option<Option<Arc<str>>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    /// The outcome, waiting at most `timeout` for it: `Err` if it is still running.
+    fn wait(&self, timeout: Duration) -> Result<Option<Arc<str>>, ()> {
+        let digest = lock(&self.digest);
+        let (digest, _) = self
+            .done
+            .wait_timeout_while(digest, timeout, |d| d.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        digest.clone().ok_or(())
+    }
+
+    fn finish(&self, digest: Option<Arc<str>>) {
+        *lock(&self.digest) = Some(digest);
+        self.done.notify_all();
+    }
 }
 
 /// What identifies a file's content without reading it.
@@ -143,9 +172,13 @@ impl Resolver {
     }
 
     /// Resolve a kernel record. Blocking: reads /proc and, the first time a binary is seen,
-    /// hashes it. Call it off the async runtime's worker threads.
-    pub fn resolve(&self, meta: &ConnMeta) -> Identity {
-        let (process, traced, unresolved) = match self.process(meta) {
+    /// waits up to `hash_timeout` for its hash. Call it off the async runtime's worker threads.
+    pub fn resolve(&self, meta: &ConnMeta, hash_timeout: Duration) -> Identity {
+        let (process, traced, unresolved) = match self.process(meta, hash_timeout) {
+            // Known but for its digest: decided on the rest (`sha256` identities do not match).
+            Ok((p, traced)) if p.sha256.is_empty() => {
+                (Some(p), traced, Some(Unresolved::HashTimeout))
+            }
             Ok((p, traced)) => (Some(p), traced, None),
             Err(why) => (None, None, Some(why)),
         };
@@ -174,7 +207,11 @@ impl Resolver {
     /// stamp equal to the one recorded at connect, read after the open, proves no exec had
     /// begun by the open, so the descriptor names the image that made the connect. Everything
     /// after reads through that descriptor, never through the path.
-    fn process(&self, meta: &ConnMeta) -> Result<(Arc<Process>, Option<bool>), Unresolved> {
+    fn process(
+        &self,
+        meta: &ConnMeta,
+        hash_timeout: Duration,
+    ) -> Result<(Arc<Process>, Option<bool>), Unresolved> {
         let proc_dir = PathBuf::from(format!("/proc/{}", meta.tgid));
         let exe_link = proc_dir.join("exe");
         let exe_file = File::open(&exe_link).map_err(|e| gone_or_unreadable(&e));
@@ -196,7 +233,10 @@ impl Resolver {
             None => {
                 let md = exe_file.metadata().map_err(|_| Unresolved::Unreadable)?;
                 let exe_trusted = names_file(&exe, &md);
-                let sha256 = self.digest(exe_file, &md).ok_or(Unresolved::Unreadable)?;
+                let sha256 = match self.digest(exe_file, &md, hash_timeout) {
+                    Ok(digest) => digest.ok_or(Unresolved::Unreadable)?,
+                    Err(()) => "".into(),
+                };
                 Arc::new(Process {
                     exe,
                     exe_trusted,
@@ -209,7 +249,9 @@ impl Resolver {
         if self.checked_start(&proc_dir, meta)? != start {
             return Err(Unresolved::PidReused);
         }
-        insert_bounded(&self.processes, key, process.clone());
+        if !process.sha256.is_empty() {
+            insert_bounded(&self.processes, key, process.clone());
+        }
         Ok((process, traced))
     }
 
@@ -230,10 +272,16 @@ impl Resolver {
         Ok(start)
     }
 
-    /// SHA-256 of `file`, cached by file identity. Hashed once however many callers want it
-    /// at the same time: the others wait for the first. Read through the descriptor taken at
+    /// SHA-256 of `file`, cached by file identity; `Err` if not ready within `timeout`. Hashed
+    /// once however many callers want it at the same time, on a thread of its own so that it
+    /// completes for later callers whoever stops waiting. Read through the descriptor taken at
     /// accept, so the caller may exit or the path be replaced meanwhile.
-    fn digest(&self, mut file: File, md: &fs::Metadata) -> Option<Arc<str>> {
+    fn digest(
+        &self,
+        mut file: File,
+        md: &fs::Metadata,
+        timeout: Duration,
+    ) -> Result<Option<Arc<str>>, ()> {
         let key = FileKey {
             dev: md.dev(),
             ino: md.ino(),
@@ -241,21 +289,29 @@ impl Resolver {
             mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
             ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
         };
-        let cell = {
+        let (flight, first) = {
             let mut digests = lock(&self.digests);
-            if let Some(cell) = digests.get(&key) {
-                cell.clone()
-            } else {
-                if digests.len() >= CACHE_CAPACITY {
-                    digests.clear();
+            match digests.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    if digests.len() >= CACHE_CAPACITY {
+                        digests.clear();
+                    }
+                    (digests.entry(key).or_default().clone(), true)
                 }
-                digests.entry(key).or_default().clone()
             }
         };
-        let digest = cell
-            .get_or_init(|| sha256_hex(&mut file).ok().map(Into::into))
-            .clone();
-        if digest.is_none() {
+        if first {
+            let hashing = flight.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hash".into())
+                .spawn(move || hashing.finish(sha256_hex(&mut file).ok().map(Into::into)));
+            if spawned.is_err() {
+                flight.finish(None);
+            }
+        }
+        let digest = flight.wait(timeout);
+        if digest == Ok(None) {
             // A read error is not remembered: the next caller tries again.
             lock(&self.digests).remove(&key);
         }

@@ -201,7 +201,8 @@ impl Relay {
         let _ = client.set_nodelay(true);
         // Identity may read /proc and hash a binary: off the runtime's workers.
         let resolver = self.resolver.clone();
-        let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta));
+        let hash_timeout = policy.settings.limits.hash_timeout;
+        let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta, hash_timeout));
         match protocol {
             Protocol::Http => {
                 let identity = match identity.await {

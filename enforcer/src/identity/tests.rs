@@ -1,5 +1,8 @@
 use super::*;
 
+/// Long enough for any test binary's hash.
+const WAIT: Duration = Duration::from_secs(60);
+
 /// An exec stamps map in which every process has `stamp`.
 fn stamps(stamp: Option<u64>) -> ExecStamps {
     Box::new(move |_| stamp)
@@ -20,16 +23,16 @@ fn own_connect(resolver: &Resolver) -> ConnMeta {
 #[test]
 fn an_exec_after_the_connect_voids_the_identity() {
     let resolver = Resolver::new(PathBuf::from("/"), stamps(Some(8)));
-    let id = resolver.resolve(&own_connect(&resolver));
+    let id = resolver.resolve(&own_connect(&resolver), WAIT);
     assert_eq!(id.unresolved, Some(Unresolved::ExecAfterConnect));
     assert!(id.process.is_none());
 
     let resolver = Resolver::new(PathBuf::from("/"), stamps(None));
-    let id = resolver.resolve(&own_connect(&resolver));
+    let id = resolver.resolve(&own_connect(&resolver), WAIT);
     assert_eq!(id.unresolved, Some(Unresolved::ProcessExited), "stamp gone");
 
     let resolver = Resolver::new(PathBuf::from("/"), stamps(Some(7)));
-    let id = resolver.resolve(&own_connect(&resolver));
+    let id = resolver.resolve(&own_connect(&resolver), WAIT);
     assert_eq!(id.unresolved, None);
     let process = id.process.expect("process");
     assert!(process.exe_trusted, "our own path names our own file");
@@ -42,7 +45,16 @@ fn one_binary_is_hashed_once_for_many_callers() {
     let meta = own_connect(&resolver);
     let digests: Vec<Arc<str>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| resolver.resolve(&meta).process.unwrap().sha256.clone()))
+            .map(|_| {
+                s.spawn(|| {
+                    resolver
+                        .resolve(&meta, WAIT)
+                        .process
+                        .unwrap()
+                        .sha256
+                        .clone()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -51,6 +63,24 @@ fn one_binary_is_hashed_once_for_many_callers() {
         "one digest, shared"
     );
     assert_eq!(lock(&resolver.digests).len(), 1);
+}
+
+#[test]
+fn a_hash_not_ready_in_time_leaves_only_the_digest_unknown() {
+    let resolver = Resolver::new(PathBuf::from("/"), stamps(Some(7)));
+    let meta = own_connect(&resolver);
+    let id = resolver.resolve(&meta, Duration::ZERO);
+    assert_eq!(id.unresolved, Some(Unresolved::HashTimeout));
+    let process = id.process.expect("process");
+    assert_eq!(
+        &*process.sha256, "",
+        "no digest: no sha256 identity matches"
+    );
+    assert!(process.exe_trusted);
+    // The hash went on: a later caller gets it.
+    let id = resolver.resolve(&meta, WAIT);
+    assert_eq!(id.unresolved, None);
+    assert_eq!(id.process.unwrap().sha256.len(), 64);
 }
 
 #[test]
@@ -90,7 +120,7 @@ fn own_process_resolves() {
         comm: *b"tester\0\0\0\0\0\0\0\0\0\0",
         ..Default::default()
     };
-    let id = resolver.resolve(&meta);
+    let id = resolver.resolve(&meta, WAIT);
     assert_eq!(id.unresolved, None);
     let process = id.process.expect("process attributes");
     assert_eq!(process.exe, std::env::current_exe().unwrap());
@@ -108,7 +138,7 @@ fn a_process_younger_than_the_connect_is_not_the_caller() {
         connect_boot_ns: 0,
         ..Default::default()
     };
-    let id = resolver.resolve(&meta);
+    let id = resolver.resolve(&meta, WAIT);
     assert_eq!(id.unresolved, Some(Unresolved::PidReused));
     assert!(id.process.is_none());
 }
@@ -122,7 +152,7 @@ fn exited_process_is_reported() {
         ..Default::default()
     };
     assert_eq!(
-        resolver.resolve(&meta).unresolved,
+        resolver.resolve(&meta, WAIT).unresolved,
         Some(Unresolved::ProcessExited)
     );
 }

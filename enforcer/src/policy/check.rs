@@ -277,6 +277,7 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
             "responseTimeout",
             default.response_timeout,
         ),
+        hash_timeout: timeout(d, l.hash_timeout, "hashTimeout", default.hash_timeout),
     };
     if let (Some(all), Some(each)) = (limits.max_connections, limits.max_connections_per_identity)
         && each > all

@@ -59,6 +59,7 @@ pub(super) struct LimitsFile {
     pub burst_per_identity: Option<Spanned<u64>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub hash_timeout: Option<Spanned<String>>,
 }
 
 /// A rule's `limits`.

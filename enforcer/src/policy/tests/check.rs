@@ -320,6 +320,7 @@ fn settings_defaults_and_values() {
             rate_per_identity: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
+            hash_timeout: Duration::from_secs(5),
         }
     );
     let p = policy(
