@@ -38,7 +38,12 @@ pub fn run(root: &Path) -> anyhow::Result<Value> {
         .iter()
         .map(|&n| {
             (0..ROUNDS)
-                .map(|r| Fresh::make(&probe, &cgroup_scoped_temp(&cgroup, &format!("big-{n}-{r}"))))
+                .map(|r| {
+                    Fresh::make(
+                        &probe,
+                        &cgroup_scoped_temp(&cgroup, &format!("big-{n}-{r}")),
+                    )
+                })
                 .collect::<anyhow::Result<_>>()
         })
         .collect::<anyhow::Result<_>>()?;
@@ -52,7 +57,7 @@ pub fn run(root: &Path) -> anyhow::Result<Value> {
         .collect();
     let policy = format!(
         "version: 1\nidentities:\n{identities}services:\n  api:\n    endpoints: [\"{}\"]\n\
-         rules:\n  - id: by-digest\n    from: [{}]\n    to: api\n    methods: [GET]\n",
+         rules:\n  - id: by-digest\n    from: [{}]\n    to: api\n    methods: [GET]\n    paths: [\"/first/*\"]\n",
         upstream.addr(),
         names.join(", ")
     );
