@@ -502,8 +502,8 @@ fn stamp_exec() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    // Cannot fail for lack of room: see EXEC_STAMPS. Were it to, the connect stamp stays and a
-    // later connect of the new image is refused by the agent only if its record differs.
+    // Cannot fail for lack of room (see EXEC_STAMPS). Were the map full anyway, a process
+    // without an entry gets none at connect either, and its connects are refused (map_full).
     let _ = EXEC_STAMPS.insert(&tgid, &now, BPF_ANY as u64);
 }
 
