@@ -78,10 +78,16 @@ struct Setup {
 
 impl Setup {
     fn start(extra_identities: &str) -> Self {
+        Self::start_with(extra_identities, "")
+    }
+
+    /// [`Setup::start`] with `extra_rules` after the policy's rules.
+    fn start_with(extra_identities: &str, extra_rules: &str) -> Self {
         let upstream = HttpUpstream::start("127.0.0.1:0");
         let cgroup = Cgroup::new();
         let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
-        let agent = Agent::start(&cgroup, &policy(upstream.addr(), &audit, extra_identities));
+        let text = policy(upstream.addr(), &audit, extra_identities) + extra_rules;
+        let agent = Agent::start(&cgroup, &text);
         Self {
             cgroup,
             upstream,
@@ -227,6 +233,45 @@ fn an_exec_after_connect_does_not_inherit_the_identity() {
             metric_value(&s.agent.scrape(), series).filter(|&n| n >= 1.0)
         });
     }
+}
+
+#[test]
+fn a_process_identified_once_is_resolved_again_after_an_exec() {
+    if !privileged() {
+        return;
+    }
+    let bash = fs::canonicalize("/bin/bash").unwrap();
+    let s = Setup::start_with(
+        &format!("  shell: {{exe: {}}}", bash.display()),
+        "  - id: shell\n    from: [shell]\n    to: api\n    methods: [GET]\n    paths: [\"/v1/path/*\"]\n",
+    );
+    let evil = TempFile(cgroup_scoped_temp(&s.cgroup, "evil"));
+    padded_copy(&probe(), &evil.0, 1);
+    let (ip, port) = (s.upstream.addr().ip(), s.upstream.addr().port());
+    // bash connects itself (/dev/tcp) and is allowed; then the same process (same pid, same
+    // start time) execs another binary, which connects anew.
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/{port}; printf 'GET /v1/path/shell HTTP/1.1\\r\\nhost: api\\r\\n\
+         connection: close\\r\\n\\r\\n' >&3; cat <&3 >/dev/null; exec 3>&-; \
+         exec {} send {ip}:{port}",
+        evil.0.display()
+    );
+    let r = s.run(None, &bash, &["-c", &script], &get("/v1/path/after-exec"));
+    assert!(status(&r).starts_with("HTTP/1.1 403 "), "{r}");
+    let first = s.record("/v1/path/shell");
+    let second = s.record("/v1/path/after-exec");
+    assert_eq!(first["decision"], "allow", "{first}");
+    assert_eq!(
+        second["caller"]["tgid"], first["caller"]["tgid"],
+        "one process"
+    );
+    assert_eq!(
+        second["caller"]["exe"],
+        evil.0.to_str().unwrap(),
+        "{second}"
+    );
+    assert_eq!(second["reason"], "no matching rule", "{second}");
+    assert_eq!(s.reached("/v1/path/after-exec"), 0);
 }
 
 #[test]
