@@ -200,13 +200,15 @@ impl Resolver {
 
     /// The caller's process attributes, and whether it is traced.
     ///
-    /// Order matters. The executable is opened (and its link read) first, then the pid-reuse
-    /// guard runs (the descriptor is of the process that holds the pid, started before the
-    /// connect), then the exec stamp is read again. The kernel replaces a stamp when an exec begins (before the
-    /// new image is installed, where `sched_prepare_exec` exists) and when it completes; a
-    /// stamp equal to the one recorded at connect, read after the open, proves no exec had
-    /// begun by the open, so the descriptor names the image that made the connect. Everything
-    /// after reads through that descriptor, never through the path.
+    /// Order matters. Everything read by pid (the executable opened, its link, the tracing
+    /// state) is read first; then the pid-reuse guard runs once: the pid's holder started
+    /// before the connect, and since a pid has one holder at a time and the caller held it at
+    /// the connect, the reads were of the caller. Then the exec stamp is read again. The
+    /// kernel replaces a stamp when an exec begins (before the new image is installed, where
+    /// `sched_prepare_exec` exists) and when it completes; a stamp equal to the one recorded
+    /// at connect, read after the open, proves no exec had begun by the open, so the
+    /// descriptor names the image that made the connect. Everything after reads through that
+    /// descriptor, never by pid or path, so the caller may exit meanwhile.
     fn process(
         &self,
         meta: &ConnMeta,
@@ -216,6 +218,7 @@ impl Resolver {
         let exe_link = proc_dir.join("exe");
         let exe_file = File::open(&exe_link).map_err(|e| gone_or_unreadable(&e));
         let exe = fs::read_link(&exe_link).map_err(|e| gone_or_unreadable(&e));
+        let traced = tracer_pid(&proc_dir).map(|pid| pid != 0);
         let start = self.checked_start(&proc_dir, meta)?;
         let (exe_file, exe) = (exe_file?, exe?);
         match (self.exec_stamps)(meta.tgid) {
@@ -225,7 +228,6 @@ impl Resolver {
             // another thread ends it).
             None => return Err(Unresolved::ProcessExited),
         }
-        let traced = tracer_pid(&proc_dir).map(|pid| pid != 0);
         let key = (meta.tgid, start, meta.exec_stamp);
         let cached = lock(&self.processes).get(&key).cloned();
         let process = match cached {
@@ -244,11 +246,6 @@ impl Resolver {
                 })
             }
         };
-        // The same process must still hold the pid after the reads, or they may describe
-        // another one.
-        if self.checked_start(&proc_dir, meta)? != start {
-            return Err(Unresolved::PidReused);
-        }
         if !process.sha256.is_empty() {
             insert_bounded(&self.processes, key, process.clone());
         }

@@ -513,3 +513,37 @@ fn a_hash_not_ready_in_time_is_decided_without_the_digest() {
     });
     assert_eq!(s.reached("/v1/big/first"), 0);
 }
+
+#[test]
+fn a_caller_gone_before_its_hash_is_still_attributed_to_its_binary() {
+    if !privileged() {
+        return;
+    }
+    let (s, big) = big_binary_setup("{hashTimeout: 5m}");
+    let to = s.upstream.addr().to_string();
+    let mut caller = s
+        .cgroup
+        .command(&big.0)
+        .args(["send-and-exit", &to, "/v1/big/gone"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn caller");
+    // Once the agent holds the binary open (it hashes it through that descriptor), the caller
+    // exits without waiting for its answer.
+    let agent_fds = format!("/proc/{}/fd", s.agent.pid());
+    wait_for("the agent to open the caller's executable", || {
+        fs::read_dir(&agent_fds)
+            .ok()?
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target == big.0)
+            .then_some(())
+    });
+    drop(caller.stdin.take());
+    assert!(caller.wait().unwrap().success());
+    let record = s.record("/v1/big/gone");
+    assert_eq!(record["rule"], "big", "{record}");
+    assert_eq!(record["caller"]["sha256"], sha256_hex(&big.0), "{record}");
+    assert!(record["caller"]["unresolved"].is_null(), "{record}");
+    assert_eq!(s.reached("/v1/big/gone"), 1);
+}

@@ -44,6 +44,9 @@
 //!   `EXE reap`, which waits for its children); the child waits until its parent runs EXE,
 //!   sends the bytes on stdin and reports like `send`. With `self` the socket is kept across
 //!   the exec (no CLOEXEC) and EXE sends on it (`EXE send-fd FD REQUEST`).
+//! - `probe send-and-exit ADDR PATH`: connect, send `GET PATH` (`connection: close`), then
+//!   exit without reading once a line (or EOF) arrives on stdin: a caller that is gone before
+//!   its answer. Prints `{}`.
 //! - `probe netns-attempt UPSTREAM AGENT_PORT LOCAL_PORT ROUTED`: run in a private network
 //!   namespace: listen on 127.0.0.1:AGENT_PORT (a fake agent), connect from 127.0.0.1:LOCAL_PORT
 //!   to UPSTREAM, then to ROUTED (an address outside the namespace); reports each connect's
@@ -94,6 +97,7 @@ fn main() {
         "syn-burst" => syn_burst(addr, num(2), num(3)),
         "pipeline" => pipeline(addr),
         "exec-after-connect" => exec_after_connect(addr, arg(2), arg(3)),
+        "send-and-exit" => send_and_exit(addr, arg(2)),
         "netns-attempt" => netns_attempt(addr, num(2) as u16, num(3) as u16, arg(4)),
         _ => usage(),
     };
@@ -320,6 +324,17 @@ fn exec_after_connect(addr: SocketAddr, how: &str, exe: &str) -> serde_json::Val
         }
         _ => usage(),
     }
+}
+
+fn send_and_exit(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let _ = io::stdin().lock().read_line(&mut String::new());
+    json!({})
 }
 
 fn netns_attempt(
