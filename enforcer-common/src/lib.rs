@@ -183,7 +183,8 @@ pub struct ConnMeta {
     /// that has none. The agent refuses the identity if the entry differs when it has opened
     /// the caller's executable: the process exec'd (or began to) since its connect.
     pub exec_stamp: u64,
-    /// Cookie of the caller's network namespace.
+    /// Cookie of the caller's network namespace, which is the agent's (connects from others
+    /// are not recorded), as the agent names it ([`AgentConfig::netns_cookie`]).
     pub netns_cookie: u64,
 }
 

@@ -206,7 +206,9 @@ fn record(
         connect_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         exec_stamp,
-        netns_cookie,
+        // Equal to the caller's (checked above), in the agent's notation: 0 where it cannot
+        // learn its cookie (CONFIG_NETNS_INIT), as it then looks records up with 0.
+        netns_cookie: cfg.netns_cookie,
     };
     // SAFETY: the context is a socket-bearing sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
