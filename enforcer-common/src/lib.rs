@@ -41,10 +41,7 @@ pub const THIS_HOST: Ip6Words = [0; 4];
 /// agent's service lookup decide with this one function, so they cannot disagree.
 #[inline(always)]
 pub fn is_this_host(ip: &Ip6Words, is_host_addr: impl FnOnce(&Ip6Words) -> bool) -> bool {
-    let v4_first_byte = u32::from_be(ip[3]) >> 24;
-    let is_v4_local = is_v4_mapped(ip) && (ip[3] == 0 || v4_first_byte == 127);
-    let is_v6_local = ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && u32::from_be(ip[3]) <= 1;
-    is_v4_local || is_v6_local || is_host_addr(ip)
+    is_namespace_local(ip) || is_host_addr(ip)
 }
 
 // === Protected destinations ===
@@ -122,6 +119,10 @@ pub const CONFIG_MAP: &str = "CONFIG";
 
 /// `AgentConfig::flags`: the agent has an IPv6 listener.
 pub const CONFIG_HAS_V6: u32 = 1;
+/// `AgentConfig::flags`: the kernel cannot tell the agent its network namespace cookie
+/// (`SO_NETNS_COOKIE` is Linux 5.14) and the agent runs in the initial network namespace:
+/// programs compare callers against the initial namespace's cookie instead of `netns_cookie`.
+pub const CONFIG_NETNS_INIT: u32 = 2;
 
 /// Version of the pinned maps' layout and meaning. A restarted agent adopts pinned maps only
 /// of its own version (and aya also refuses maps whose sizes differ); bump it whenever a map's
@@ -147,6 +148,9 @@ pub struct AgentConfig {
     pub listen_port6_be: u16,
     /// IPv6 listener address.
     pub listen_ip6: Ip6Words,
+    /// Cookie of the agent's network namespace (see [`CONFIG_NETNS_INIT`]). Only connects made
+    /// in it are redirected: the agent's listener is not in any other.
+    pub netns_cookie: u64,
 }
 
 // === Readiness ===
@@ -199,6 +203,13 @@ pub struct ConnMeta {
     pub connect_boot_ns: u64,
     /// Task command name, NUL padded.
     pub comm: [u8; 16],
+    /// The caller's [`EXEC_STAMPS_MAP`] entry at connect. Never 0: connect stamps a process
+    /// that has none. The agent refuses the identity if the entry differs when it has opened
+    /// the caller's executable: the process exec'd (or began to) since its connect.
+    pub exec_stamp: u64,
+    /// Cookie of the caller's network namespace, which is the agent's (connects from others
+    /// are not recorded), as the agent names it ([`AgentConfig::netns_cookie`]).
+    pub netns_cookie: u64,
 }
 
 /// The client end of a redirected connection as the agent sees it (its peer address).
@@ -209,6 +220,37 @@ pub struct ClientKey {
     pub ip: Ip6Words,
     /// Client port, host byte order (u32 so the key has no padding).
     pub port: u32,
+    pub _pad: u32,
+    /// Cookie of the client's network namespace: a record made in another namespace is never
+    /// found by a connection in the agent's, whatever its address.
+    pub netns_cookie: u64,
+}
+
+// === Exec stamps ===
+
+/// Hash without preallocation: tgid (u32) → `CLOCK_BOOTTIME` ns (u64) of the process's last
+/// exec (stamped when it begins, where the kernel has `sched_prepare_exec`, and when it
+/// completes), or of its first protected connect if no exec was seen. Removed when the
+/// thread-group leader exits. Sized by the agent to the host's `pid_max`: keys are tgids, so
+/// the map can never hold more live keys than that and an insert cannot fail for lack of room,
+/// while an LRU map could be flushed by an attacker forking processes, evicting the entries of
+/// others (whose connects then fail as if they had exec'd).
+pub const EXEC_STAMPS_MAP: &str = "EXEC_STAMPS";
+/// Capacity compiled into the object; the agent sets the real one at load.
+pub const EXEC_STAMPS_DEFAULT_ENTRIES: u32 = 32_768;
+/// Upper bound of `pid_max` (`PID_MAX_LIMIT` on 64-bit).
+pub const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// Whether a connect to `ip` in a network namespace other than the agent's stays inside that
+/// namespace: its loopback and any-address (IPv4, IPv6 and IPv4-mapped forms), which never
+/// reach the host's services.
+#[inline(always)]
+pub const fn is_namespace_local(ip: &Ip6Words) -> bool {
+    if is_v4_mapped(ip) {
+        let first = u32::from_be(ip[3]) >> 24;
+        return first == 127 || ip[3] == 0;
+    }
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && (ip[3] == 0 || ip[3] == u32::to_be(1))
 }
 
 // === Counters ===
@@ -236,10 +278,12 @@ pub enum Counter {
     FailedClosed = 6,
     /// No agent was ready: a connect to a `failMode: open` destination went direct.
     FailedOpen = 7,
+    /// A protected connect from another network namespace than the agent's was refused.
+    ForeignNetns = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Redirected,
         Counter::Passed,
         Counter::AgentPassed,
@@ -248,6 +292,7 @@ impl Counter {
         Counter::NoListener,
         Counter::FailedClosed,
         Counter::FailedOpen,
+        Counter::ForeignNetns,
     ];
 
     /// Stable snake_case name, used in logs and metrics.
@@ -261,6 +306,7 @@ impl Counter {
             Counter::NoListener => "no_listener",
             Counter::FailedClosed => "failed_closed",
             Counter::FailedOpen => "failed_open",
+            Counter::ForeignNetns => "foreign_netns",
         }
     }
 }
@@ -273,22 +319,23 @@ pub const COUNTERS_LEN: u32 = 32;
 
 /// The maps a restarted agent adopts from the pin directory: every piece of state that must
 /// outlive one agent process. (The log ring buffer is the programs' own and is not pinned.)
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 7] = [
     PROTECTED_MAP,
     CONFIG_MAP,
     CONN_BY_COOKIE_MAP,
     CONN_BY_CLIENT_MAP,
     COUNTERS_MAP,
     HEARTBEAT_MAP,
+    EXEC_STAMPS_MAP,
 ];
 
 const _: () = {
     assert!(core::mem::size_of::<PortRange>() == 4);
     assert!(core::mem::size_of::<PortRanges>() == 8 + 4 * MAX_PORT_RANGES);
-    assert!(core::mem::size_of::<AgentConfig>() == 40);
+    assert!(core::mem::size_of::<AgentConfig>() == 48);
     assert!(Counter::ALL.len() <= COUNTERS_LEN as usize);
-    assert!(core::mem::size_of::<ConnMeta>() == 72);
-    assert!(core::mem::size_of::<ClientKey>() == 20);
+    assert!(core::mem::size_of::<ConnMeta>() == 88);
+    assert!(core::mem::size_of::<ClientKey>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -373,6 +420,26 @@ mod tests {
         let host = v4([10, 200, 0, 1]);
         assert!(is_this_host(&host, |ip| *ip == host));
         assert!(!is_this_host(&v4([10, 200, 0, 2]), |ip| *ip == host));
+    }
+
+    #[test]
+    fn namespace_local_destinations() {
+        let v4 = |a, b, c, d| v4_mapped_from_be(u32::from_be_bytes([a, b, c, d]).to_be());
+        let v6 = |last: u32| [0, 0, 0, last.to_be()];
+        assert!(is_namespace_local(&v4(127, 0, 0, 1)));
+        assert!(is_namespace_local(&v4(127, 3, 2, 1)));
+        assert!(is_namespace_local(&v4(0, 0, 0, 0)));
+        assert!(is_namespace_local(&v6(0)), "::");
+        assert!(is_namespace_local(&v6(1)), "::1");
+        assert!(!is_namespace_local(&v4(10, 0, 0, 1)));
+        assert!(!is_namespace_local(&v4(128, 0, 0, 1)));
+        assert!(!is_namespace_local(&v6(2)));
+        assert!(!is_namespace_local(&[
+            u32::to_be(0x2001_0db8),
+            0,
+            0,
+            1u32.to_be()
+        ]));
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   record when the socket closes.
 //! - `cgroup/getpeername4`, `cgroup/getpeername6`: report the original destination as the peer,
 //!   so the application cannot tell it was redirected.
+//! - raw tracepoints `sched_prepare_exec` (Linux 6.10; optional), `sched_process_exec` and
+//!   `sched_process_exit`: keep each process's exec stamp in `EXEC_STAMPS`, which connect4/6
+//!   copy into the record so the agent can tell a caller that exec'd after its connect.
+//! - A protected connect made in another network namespace than the agent's is refused
+//!   (counted `foreign_netns`): the agent's listener is not there, and that namespace's routes
+//!   may reach the destination. Only its own loopback and any-address pass: they never leave it.
 //!
 //! Hooked kernel interfaces (uapi/linux/bpf.h, `struct bpf_sock_addr`, `struct bpf_sock_ops`):
 //! <https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/bpf.h>
@@ -23,27 +29,30 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns, bpf_set_retval,
         },
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock_addr, map, raw_tracepoint, sock_ops},
     maps::{
         Array, HashMap, LruHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::{debug, warn};
 use enforcer_common::{
-    AgentConfig, CONFIG_HAS_V6, CONN_MAX_ENTRIES, COUNTERS_LEN, ClientKey, ConnMeta, Counter,
-    FailMode, HOST_ADDRS_MAX_ENTRIES, Ip6Words, PROTECTED_MAX_ENTRIES, PortRanges, THIS_HOST,
-    agent_ready, is_this_host, is_v4_mapped, v4_mapped_from_be,
+    AgentConfig, CONFIG_HAS_V6, CONFIG_NETNS_INIT, CONN_MAX_ENTRIES, COUNTERS_LEN, ClientKey,
+    ConnMeta, Counter, EXEC_STAMPS_DEFAULT_ENTRIES, FailMode, HOST_ADDRS_MAX_ENTRIES, Ip6Words,
+    PROTECTED_MAX_ENTRIES, PortRanges, THIS_HOST, agent_ready, is_namespace_local, is_this_host,
+    is_v4_mapped, v4_mapped_from_be,
 };
 
 const AF_INET: u16 = 2;
@@ -88,6 +97,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 
 
 #[map(name = "HEARTBEAT")]
 static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// See `enforcer_common::EXEC_STAMPS_MAP` for why a plain hash sized to `pid_max`.
+#[map(name = "EXEC_STAMPS")]
+static EXEC_STAMPS: HashMap<u32, u64> =
+    HashMap::with_max_entries(EXEC_STAMPS_DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -148,17 +162,57 @@ fn agent_down(mode: FailMode) -> i32 {
     }
 }
 
-/// Record who is calling and where to, under the socket's cookie. `false` if it could not be
-/// stored, in which case the caller refuses the connect rather than let it bypass the agent.
+/// What [`record`] did with a protected connect.
+enum Recorded {
+    /// Stored: redirect the connect to the agent.
+    Stored,
+    /// Refuse the connect: it could not be recorded, or it was made in another network
+    /// namespace toward an address that may leave it.
+    Refused,
+    /// Made in another network namespace toward that namespace's own loopback or any-address:
+    /// let it go where it was going, untouched.
+    Local,
+}
+
+/// Record who is calling and where to, under the socket's cookie, if the caller is in the
+/// agent's network namespace. Anything that cannot be stored is refused rather than let it
+/// bypass the agent.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, orig_ip: Ip6Words, orig_port_be: u16, family: u16) -> bool {
+fn record(
+    ctx: &SockAddrContext,
+    cfg: &AgentConfig,
+    orig_ip: Ip6Words,
+    orig_port_be: u16,
+    family: u16,
+) -> Recorded {
+    // SAFETY: a sock_addr context, or NULL for the initial namespace's cookie.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let agent_netns = if cfg.flags & CONFIG_NETNS_INIT != 0 {
+        // SAFETY: NULL asks for the initial network namespace's cookie.
+        unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) }
+    } else {
+        cfg.netns_cookie
+    };
+    if netns_cookie != agent_netns {
+        if is_namespace_local(&orig_ip) {
+            return Recorded::Local;
+        }
+        count(Counter::ForeignNetns);
+        return Recorded::Refused;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(exec_stamp) = exec_stamp(tgid) else {
+        count(Counter::MapFull);
+        warn!(ctx, "exec stamp not stored: map full");
+        return Recorded::Refused;
+    };
     let uid_gid = bpf_get_current_uid_gid();
     let meta = ConnMeta {
         orig_ip,
         orig_port_be,
         family,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
@@ -167,6 +221,10 @@ fn record(ctx: &SockAddrContext, orig_ip: Ip6Words, orig_port_be: u16, family: u
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         connect_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        exec_stamp,
+        // Equal to the caller's (checked above), in the agent's notation: 0 where it cannot
+        // learn its cookie (CONFIG_NETNS_INIT), as it then looks records up with 0.
+        netns_cookie: cfg.netns_cookie,
     };
     // SAFETY: the context is a socket-bearing sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -176,9 +234,26 @@ fn record(ctx: &SockAddrContext, orig_ip: Ip6Words, orig_port_be: u16, family: u
     {
         count(Counter::MapFull);
         warn!(ctx, "connect record not stored: map full");
-        return false;
+        return Recorded::Refused;
     }
-    true
+    Recorded::Stored
+}
+
+/// The caller's exec stamp, stamping it now if it has none (it has not exec'd since the
+/// programs were attached): a record never carries "no stamp", so an entry that is later
+/// removed or replaced always differs from the recorded one.
+#[inline(always)]
+fn exec_stamp(tgid: u32) -> Option<u64> {
+    // SAFETY: copied out at once.
+    if let Some(stamp) = unsafe { EXEC_STAMPS.get(&tgid) } {
+        return Some(*stamp);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // NOEXIST: an exec of another thread stamping meanwhile wins, and is read back.
+    let _ = EXEC_STAMPS.insert(&tgid, &now, BPF_NOEXIST as u64);
+    // SAFETY: copied out at once.
+    unsafe { EXEC_STAMPS.get(&tgid) }.copied()
 }
 
 /// Whether the caller is the agent itself (any of its threads).
@@ -214,8 +289,10 @@ pub fn enf_connect4(ctx: SockAddrContext) -> i32 {
         count(Counter::AgentPassed);
         return ALLOW;
     }
-    if !record(&ctx, orig_ip, port_be, AF_INET) {
-        return REFUSE;
+    match record(&ctx, cfg, orig_ip, port_be, AF_INET) {
+        Recorded::Stored => {}
+        Recorded::Refused => return REFUSE,
+        Recorded::Local => return ALLOW,
     }
     // SAFETY: user_ip4 and user_port are writable in connect4.
     unsafe {
@@ -269,8 +346,10 @@ pub fn enf_connect6(ctx: SockAddrContext) -> i32 {
         count(Counter::NoListener);
         return REFUSE;
     };
-    if !record(&ctx, orig_ip, port_be, AF_INET6) {
-        return REFUSE;
+    match record(&ctx, cfg, orig_ip, port_be, AF_INET6) {
+        Recorded::Stored => {}
+        Recorded::Refused => return REFUSE,
+        Recorded::Local => return ALLOW,
     }
     // SAFETY: user_ip6 and user_port are writable in connect6; written word by word.
     unsafe {
@@ -396,6 +475,9 @@ fn on_established(ctx: &SockOpsContext) {
         ip,
         // SAFETY: as above.
         port: unsafe { read_volatile(&(*ctx.ops).local_port) },
+        _pad: 0,
+        // From the record: sock_ops has no netns cookie helper before Linux 5.15.
+        netns_cookie: meta.netns_cookie,
     };
     if CONN_BY_CLIENT.insert(&key, &meta, BPF_ANY as u64).is_err() {
         count(Counter::MapFull);
@@ -427,6 +509,46 @@ fn is_to_listener(ctx: &SockOpsContext, cfg: &AgentConfig) -> bool {
         // IPv6 sockets reach the IPv6 listener, or the IPv4 one in mapped form.
         port_be == cfg.listen_port6_be || port_be == cfg.listen_port4_be
     }
+}
+
+// === exec stamps ===
+
+/// Stamp the exec'ing process. Fires in the exec'ing task, whose tgid stays the process's
+/// across the exec (a non-leader thread takes the leader's pid).
+#[inline(always)]
+fn stamp_exec() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Cannot fail for lack of room (see EXEC_STAMPS). Were the map full anyway, a process
+    // without an entry gets none at connect either, and its connects are refused (map_full).
+    let _ = EXEC_STAMPS.insert(&tgid, &now, BPF_ANY as u64);
+}
+
+/// Beginning of an exec, before the new image replaces the old one (Linux 6.10): a caller
+/// opened by the agent after this point no longer counts as the one that connected.
+#[raw_tracepoint(tracepoint = "sched_prepare_exec")]
+pub fn enf_prepare_exec(_ctx: RawTracePointContext) -> i32 {
+    stamp_exec();
+    0
+}
+
+/// An exec completed: the process runs a new image.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn enf_exec(_ctx: RawTracePointContext) -> i32 {
+    stamp_exec();
+    0
+}
+
+/// A task exits: forget its process's stamp when it is the thread-group leader. (A leader
+/// that exits before its other threads makes their later checks fail: conservative.)
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn enf_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        let _ = EXEC_STAMPS.remove(&((pid_tgid >> 32) as u32));
+    }
+    0
 }
 
 /// Any reachable panic leaves an infinite loop, which the verifier rejects at load: panics

@@ -15,6 +15,8 @@
 //!   last called through it.
 //! - `evasion_attempt`: an identity's requests refused as evasions ([`EVASIONS`]); an
 //!   episode lasts while every tick sees another.
+//! - `exec_after_connect`: a request refused because its caller exec'd after connecting (an
+//!   attempt to pass for the binary it exec'd); every one, always on.
 //!
 //! The identity is the first policy identity the caller matches, or `unidentified`: a closed
 //! set, as a metric label must be. Work is split so the request path stays cheap:
@@ -92,6 +94,7 @@ pub enum Kind {
     DenySpike,
     BinaryChanged,
     EvasionAttempt,
+    ExecAfterConnect,
 }
 
 /// The rate detectors, in the order of [`Tracked::counts`].
@@ -184,6 +187,11 @@ enum Finding {
         current: Arc<str>,
         request_id: String,
     },
+    ExecAfterConnect {
+        identity: Arc<str>,
+        tgid: u32,
+        request_id: String,
+    },
 }
 
 /// A map of 64-bit keys that forgets its oldest entry when full.
@@ -205,6 +213,7 @@ impl Kind {
             Kind::DenySpike => "deny_spike",
             Kind::BinaryChanged => "binary_changed",
             Kind::EvasionAttempt => "evasion_attempt",
+            Kind::ExecAfterConnect => "exec_after_connect",
         }
     }
 }
@@ -274,6 +283,13 @@ impl Detectors {
         {
             tracked.evasion.store(i as u64, Relaxed);
             tracked.evasions.fetch_add(1, Relaxed);
+        }
+        if record.reason == crate::proxy::EXEC_AFTER_CONNECT {
+            self.found(Finding::ExecAfterConnect {
+                identity: tracked.name.clone(),
+                tgid: record.caller.tgid,
+                request_id: record.request_id.clone(),
+            });
         }
     }
 
@@ -604,6 +620,24 @@ impl Finding {
                         Kind::BinaryChanged,
                         identity,
                         Measure::Text(current),
+                        explanation,
+                    )
+                }
+            }
+            Finding::ExecAfterConnect {
+                identity,
+                tgid,
+                request_id,
+            } => {
+                let explanation = format!(
+                    "process {tgid} exec'd after its connect and sent a request on it: refused"
+                );
+                AnomalyRecord {
+                    request_id: Some(request_id),
+                    ..AnomalyRecord::new(
+                        Kind::ExecAfterConnect,
+                        identity,
+                        Measure::Text(tgid.to_string().into()),
                         explanation,
                     )
                 }

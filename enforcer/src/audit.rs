@@ -134,8 +134,19 @@ pub struct Caller {
     pub comm: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// The executable's path as the process's mount namespace shows it, when it does not name
+    /// the same file in the agent's: not believed, so `exe` is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_untrusted: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Arc<str>>,
+    /// Whether the process was traced (ptrace) when the agent looked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traced: Option<bool>,
+    /// Why the executable's attributes are missing: `process_exited`, `pid_reused`,
+    /// `unreadable`, `exec_after_connect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<&'static str>,
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -157,8 +168,15 @@ impl From<&Identity> for Caller {
             user: id.user.clone(),
             group: id.group.clone(),
             comm: id.comm.clone(),
-            exe: process.map(|p| p.exe.display().to_string()),
-            sha256: process.map(|p| p.sha256.clone()),
+            exe: process
+                .and_then(|p| p.trusted_exe())
+                .map(|p| p.display().to_string()),
+            exe_untrusted: process
+                .filter(|p| !p.exe_trusted)
+                .map(|p| p.exe.display().to_string()),
+            sha256: process.map(|p| p.sha256.clone()).filter(|d| !d.is_empty()),
+            traced: id.traced,
+            unresolved: id.unresolved.map(crate::identity::Unresolved::as_str),
             cgroup_id: id.cgroup_id,
             cgroup: cgroup.map(|c| c.path.clone()),
             unit: cgroup.and_then(|c| c.unit.clone()),

@@ -185,7 +185,8 @@ pub fn owner_of(id: &Identity) -> String {
     let exe = id
         .process
         .as_ref()
-        .map(|p| p.exe.display().to_string())
+        .and_then(|p| p.trusted_exe())
+        .map(|p| p.display().to_string())
         .unwrap_or_else(|| "-".into());
     let cgroup = id.cgroup.as_deref();
     let unit = cgroup.and_then(|c| c.unit.as_deref()).unwrap_or("-");

@@ -288,7 +288,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         audit,
         fingerprints,
         bindings: Arc::new(bindings),
-        resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?)),
+        resolver: Arc::new(Resolver::new(redirect::cgroup2_root()?, {
+            let redirect = Arc::downgrade(&redirect);
+            Box::new(move |tgid| redirect.upgrade()?.exec_stamp(tgid))
+        })),
         host,
         anomalies: anomalies.clone(),
         stats: stats.clone(),

@@ -186,6 +186,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Longest wait for an upstream's response head once the request is sent in full.
     pub response_timeout: Duration,
+    /// Longest wait for the first hash of a caller's executable; then it is decided without
+    /// its digest.
+    pub hash_timeout: Duration,
 }
 
 /// `settings.audit`: where decision records go.
@@ -429,6 +432,9 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             // nginx's proxy_read_timeout and HAProxy's usual `timeout server` (60 s).
             response_timeout: Duration::from_secs(60),
+            // Hashing runs at hundreds of MB/s: 5 s covers binaries of a gigabyte or more on a
+            // busy host, and is what a caller already waits for an upstream to accept.
+            hash_timeout: Duration::from_secs(5),
         }
     }
 }

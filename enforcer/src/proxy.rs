@@ -18,6 +18,8 @@
 
 mod http;
 
+pub use http::EXEC_AFTER_CONNECT;
+
 use std::{
     io,
     net::SocketAddr,
@@ -203,7 +205,8 @@ impl Relay {
         let _ = client.set_nodelay(true);
         // Identity may read /proc and hash a binary: off the runtime's workers.
         let resolver = self.resolver.clone();
-        let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta));
+        let hash_timeout = policy.settings.limits.hash_timeout;
+        let identity = tokio::task::spawn_blocking(move || resolver.resolve(&meta, hash_timeout));
         match protocol {
             Protocol::Http => {
                 let identity = match identity.await {
@@ -411,7 +414,10 @@ fn attested_caller(meta: &ConnMeta) -> Arc<crate::audit::Caller> {
         group: None,
         comm: String::from_utf8_lossy(&meta.comm[..end]).into_owned(),
         exe: None,
+        exe_untrusted: None,
         sha256: None,
+        traced: None,
+        unresolved: None,
         cgroup_id: meta.cgroup_id,
         cgroup: None,
         unit: None,
@@ -449,6 +455,8 @@ fn log_connection(
                 group = id.group.as_deref(),
                 comm = %id.comm,
                 exe = process.map(|p| tracing::field::display(p.exe.display())),
+                exe_trusted = process.map(|p| p.exe_trusted),
+                traced = id.traced,
                 sha256 = process.map(|p| &*p.sha256),
                 cgroup_id = id.cgroup_id,
                 cgroup = cgroup.map(|c| c.path.as_str()),

@@ -30,14 +30,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint, SockOps,
         links::{FdLink, LinkError},
     },
 };
 use enforcer_common::{
-    AgentConfig, CONFIG_HAS_V6, CONFIG_MAP, CONN_BY_CLIENT_MAP, COUNTERS_MAP, ClientKey, ConnMeta,
-    Counter, HEARTBEAT_MAP, HOST_ADDRS_MAP, HOST_ADDRS_MAX_ENTRIES, Ip6Words, LAYOUT_VERSION,
-    MAX_PORT_RANGES, PINNED_MAPS, PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange, PortRanges,
+    AgentConfig, CONFIG_HAS_V6, CONFIG_MAP, CONFIG_NETNS_INIT, CONN_BY_CLIENT_MAP, COUNTERS_MAP,
+    ClientKey, ConnMeta, Counter, EXEC_STAMPS_DEFAULT_ENTRIES, EXEC_STAMPS_MAP, HEARTBEAT_MAP,
+    HOST_ADDRS_MAP, HOST_ADDRS_MAX_ENTRIES, Ip6Words, LAYOUT_VERSION, MAX_PORT_RANGES,
+    PID_MAX_LIMIT, PINNED_MAPS, PROTECTED_MAP, PROTECTED_MAX_ENTRIES, PortRange, PortRanges,
     THIS_HOST, agent_ready,
 };
 use tracing::{info, warn};
@@ -63,6 +64,16 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
     "enf_connect4",
     "enf_connect6",
 ];
+/// Raw tracepoint programs and the tracepoint each is attached to (global, not per cgroup).
+/// They are attached before the connect programs, so every exec after those can be seen.
+const TRACEPOINT_PROGRAMS: [(&str, &str); 3] = [
+    ("enf_exec", "sched_process_exec"),
+    ("enf_exit", "sched_process_exit"),
+    ("enf_prepare_exec", "sched_prepare_exec"),
+];
+/// The tracepoint a kernel may lack (Linux 6.10). Without it an exec is seen only once it has
+/// completed: see "What attestation sees" in docs/policy.md.
+const OPTIONAL_TRACEPOINT: &str = "sched_prepare_exec";
 
 /// Where the agent pins by default.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/enforcer";
@@ -123,6 +134,11 @@ pub enum Error {
     NotBpffs { path: PathBuf },
     #[error("pin path {}: agent pid {pid} is running on it; stop it first", path.display())]
     InUse { path: PathBuf, pid: u32 },
+    #[error(
+        "cannot learn the agent's network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14) \
+         outside the initial network namespace"
+    )]
+    NetnsCookie(#[source] io::Error),
     #[error("agent pid {pid} has taken over the pin path")]
     TakenOver { pid: u32 },
 }
@@ -143,6 +159,11 @@ pub struct Redirect {
     /// The programs and the log map.
     _ebpf: Ebpf,
     conn_by_client: Mutex<HashMap<MapData, ClientKey, ConnMeta>>,
+    exec_stamps: HashMap<MapData, u32, u64>,
+    /// Cookie of the agent's network namespace (0 where the programs use the initial one's).
+    netns_cookie: u64,
+    /// The tracepoints attached: the optional one may be missing.
+    tracepoints: Vec<&'static str>,
     protected: Mutex<Protected>,
     counters: PerCpuArray<MapData, u64>,
     heartbeat: Mutex<Array<MapData, u64>>,
@@ -170,6 +191,7 @@ impl Redirect {
     ) -> Result<(Self, Option<KernelLog>), Error> {
         check_capabilities()?;
         let cgroup_dir = open_cgroup(cgroup)?;
+        let netns = own_netns()?;
         let entries = protected_entries(protected, host)?;
         let pins = Pins::prepare(pin_path)?;
         // Before anything is touched: two agents on one pin path would undo each other.
@@ -188,7 +210,7 @@ impl Redirect {
         let heartbeat = take_map(&mut ebpf, HEARTBEAT_MAP)?;
         let mut config: Array<_, AgentConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         config
-            .set(0, &agent_config(listeners), 0)
+            .set(0, &agent_config(listeners, netns), 0)
             .map_err(|source| Error::Map {
                 name: CONFIG_MAP,
                 source,
@@ -211,6 +233,27 @@ impl Redirect {
         protected.replace(entries)?;
         let conn_by_client = take_map(&mut ebpf, CONN_BY_CLIENT_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
+        let exec_stamps = take_map(&mut ebpf, EXEC_STAMPS_MAP)?;
+
+        let mut tracepoints = Vec::new();
+        for (name, tracepoint) in TRACEPOINT_PROGRAMS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(program_error(name))?;
+            // A restart attaches the new program beside the old one before unpinning it, so
+            // some program stamps every exec at every instant; both write the same map.
+            let old = pins.open_link(name)?;
+            let id = match prog.attach(tracepoint) {
+                Ok(id) => id,
+                Err(e) if tracepoint == OPTIONAL_TRACEPOINT => {
+                    info!(tracepoint, error = %e, "tracepoint unavailable: execs are seen once they complete");
+                    continue;
+                }
+                Err(e) => return Err(program_error(name)(e)),
+            };
+            let link = prog.take_link(id).map_err(program_error(name))?;
+            pins.pin_link(name, Ok(link.into()), Replaced(old))?;
+            tracepoints.push(name);
+        }
 
         let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS)?;
         prog.load().map_err(program_error(SOCK_OPS))?;
@@ -234,11 +277,14 @@ impl Redirect {
                 pins.pin_link(name, link.try_into(), replaced)?;
             }
         }
-        pins.remove_stale_links()?;
+        pins.remove_stale_links(&tracepoints)?;
         Ok((
             Self {
                 _ebpf: ebpf,
                 conn_by_client: Mutex::new(conn_by_client),
+                exec_stamps,
+                netns_cookie: netns.cookie,
+                tracepoints,
                 protected: Mutex::new(protected),
                 counters,
                 heartbeat: Mutex::new(heartbeat),
@@ -314,13 +360,16 @@ impl Redirect {
 
     /// The names of the attached programs.
     pub fn programs(&self) -> impl Iterator<Item = &'static str> {
-        std::iter::once(SOCK_OPS).chain(SOCK_ADDR_PROGRAMS)
+        std::iter::once(SOCK_OPS)
+            .chain(SOCK_ADDR_PROGRAMS)
+            .chain(self.tracepoints.iter().copied())
     }
 
     /// Take (look up and forget) the kernel's record for an accepted connection, found by the
-    /// connection's peer address.
+    /// connection's peer address in the agent's own network namespace (the only one its
+    /// listeners accept from).
     pub fn take_record(&self, peer: SocketAddr) -> Option<ConnMeta> {
-        let key = client_key(peer);
+        let key = client_key(peer, self.netns_cookie);
         // Two syscalls; the lock is held only by the accept loops.
         let mut map = self
             .conn_by_client
@@ -329,6 +378,11 @@ impl Redirect {
         let meta = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(meta)
+    }
+
+    /// The exec stamp process `tgid` has now, if any (see `enforcer_common::EXEC_STAMPS_MAP`).
+    pub fn exec_stamp(&self, tgid: u32) -> Option<u64> {
+        self.exec_stamps.get(&tgid, 0).ok()
     }
 
     /// Kernel-side counters, summed over CPUs, since the pinned maps were created.
@@ -433,6 +487,7 @@ impl Pins {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries(EXEC_STAMPS_MAP, exec_stamps_capacity());
         loader.load(EBPF_OBJECT).map_err(Error::Load)
     }
 
@@ -489,8 +544,7 @@ impl Pins {
         let new = new.map_err(|e| program_error(name)(e.into()))?;
         let path = self.links.join(name);
         if let Some(old) = replaced.0 {
-            link::detach(old.as_fd())
-                .map_err(|source| pin_error("cannot detach the old link", &path, source))?;
+            detach(old.as_fd(), &path)?;
             remove_pin(&path)?;
         }
         new.pin(&path)
@@ -498,10 +552,22 @@ impl Pins {
         Ok(())
     }
 
-    /// Detach links pinned by an agent with programs this one no longer has.
-    fn remove_stale_links(&self) -> Result<(), Error> {
+    /// The link pinned for `name`, if any.
+    fn open_link(&self, name: &'static str) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+        let path = self.links.join(name);
+        match link::open_pinned(&path) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(pin_error("cannot open pinned link", &path, source)),
+        }
+    }
+
+    /// Detach links pinned by an agent with programs this one no longer has (or could not
+    /// attach: `tracepoints` are those it did).
+    fn remove_stale_links(&self, tracepoints: &[&str]) -> Result<(), Error> {
         let ours: BTreeSet<&str> = std::iter::once(SOCK_OPS)
             .chain(SOCK_ADDR_PROGRAMS)
+            .chain(tracepoints.iter().copied())
             .collect();
         for entry in read_dir(&self.links)? {
             if !entry.to_str().is_some_and(|n| ours.contains(n)) {
@@ -556,9 +622,18 @@ fn read_dir(dir: &Path) -> Result<Vec<std::ffi::OsString>, Error> {
     }
 }
 
+/// Detach a link now. Tracepoint links cannot be detached (the kernel has no detach for
+/// them): they go when the last reference does, the pin and the descriptor the caller drops.
+fn detach(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
+    match link::detach(fd) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        other => other.map_err(|e| pin_error("cannot detach", path, e)),
+    }
+}
+
 fn detach_and_unpin(path: &Path) -> Result<(), Error> {
     match link::open_pinned(path) {
-        Ok(fd) => link::detach(fd.as_fd()).map_err(|e| pin_error("cannot detach", path, e))?,
+        Ok(fd) => detach(fd.as_fd(), path)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(pin_error("cannot open pinned link", path, e)),
     }
@@ -878,7 +953,7 @@ pub(crate) fn ip6_from_words(words: Ip6Words) -> Ipv6Addr {
     Ipv6Addr::from(o)
 }
 
-fn client_key(peer: SocketAddr) -> ClientKey {
+fn client_key(peer: SocketAddr, netns_cookie: u64) -> ClientKey {
     let ip = match peer.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
@@ -886,6 +961,8 @@ fn client_key(peer: SocketAddr) -> ClientKey {
     ClientKey {
         ip: ip6_words(ip),
         port: u32::from(peer.port()),
+        _pad: 0,
+        netns_cookie,
     }
 }
 
@@ -899,18 +976,74 @@ pub fn original_destination(meta: &ConnMeta) -> SocketAddr {
     }
 }
 
-fn agent_config(listeners: Listeners) -> AgentConfig {
+fn agent_config(listeners: Listeners, netns: OwnNetns) -> AgentConfig {
     let v6 = listeners.v6;
+    let mut flags = if v6.is_some() { CONFIG_HAS_V6 } else { 0 };
+    if netns.cookie == 0 {
+        flags |= CONFIG_NETNS_INIT;
+    }
     AgentConfig {
         layout: LAYOUT_VERSION,
         _pad: 0,
         agent_tgid: std::process::id(),
-        flags: if v6.is_some() { CONFIG_HAS_V6 } else { 0 },
+        flags,
+        netns_cookie: netns.cookie,
         listen_ip4_be: u32::from_ne_bytes(listeners.v4.ip().octets()),
         listen_port4_be: listeners.v4.port().to_be(),
         listen_port6_be: v6.map_or(0, |a| a.port().to_be()),
         listen_ip6: v6.map_or([0; 4], |a| ip6_words(*a.ip())),
     }
+}
+
+/// The agent's network namespace as the programs are told it.
+#[derive(Clone, Copy)]
+struct OwnNetns {
+    /// Its cookie; 0 where the kernel cannot tell it and the agent is in the initial
+    /// namespace, whose cookie the programs then ask for themselves.
+    cookie: u64,
+}
+
+/// linux/socket.h (Linux 5.14); not in every libc crate release.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// Learn the agent's network namespace cookie from a socket of its own (Linux 5.14). On older
+/// kernels only the initial namespace can be named (the programs read its cookie), recognised
+/// as the namespace of pid 1 as the agent sees it (so run it in the host's pid namespace
+/// there); an agent elsewhere refuses to start rather than guard no namespace boundary.
+fn own_netns() -> Result<OwnNetns, Error> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(Error::NetnsCookie)?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid socket, out pointer and length of a u64.
+    let ret = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if ret == 0 && cookie != 0 {
+        return Ok(OwnNetns { cookie });
+    }
+    let error = io::Error::last_os_error();
+    let ns =
+        |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
+    match (ns("self"), ns("1")) {
+        (Ok(own), Ok(init)) if own == init => Ok(OwnNetns { cookie: 0 }),
+        _ => Err(Error::NetnsCookie(error)),
+    }
+}
+
+/// Capacity of the exec stamps map: the host's `pid_max`, the most tgids that can be live.
+fn exec_stamps_capacity() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(PID_MAX_LIMIT, |n| {
+            n.clamp(EXEC_STAMPS_DEFAULT_ENTRIES, PID_MAX_LIMIT)
+        })
 }
 
 /// The LPM trie's entries. An LPM lookup returns only the longest matching prefix, so each

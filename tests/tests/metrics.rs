@@ -193,11 +193,18 @@ fn endpoint_answers_health_readiness_and_status() {
     assert!(out.status.success(), "{out:?}");
     let table = String::from_utf8(out.stdout).unwrap();
     let hash = &sha256_hex(agent.policy_file())[..16];
+    // The tracepoint programs follow the cgroup ones; sched_prepare_exec is Linux 6.10's.
+    let programs = "programs           enf_sockops, enf_getpeer4, enf_getpeer6, enf_connect4, \
+                    enf_connect6, enf_exec, enf_exit";
+    assert!(
+        table
+            .lines()
+            .any(|l| l == programs || l == format!("{programs}, enf_prepare_exec")),
+        "no line {programs:?} in\n{table}"
+    );
     for line in [
         "ready              yes".to_string(),
         format!("cgroup             {}", cgroup.path().display()),
-        "programs           enf_sockops, enf_getpeer4, enf_getpeer6, enf_connect4, enf_connect6"
-            .into(),
         format!(
             "policy             {} (version 1, sha256 {hash}…)",
             agent.policy_file().display()

@@ -382,7 +382,7 @@ fn pinned_maps_of_another_layout_are_recreated() {
     agent.stop();
 
     // Same sizes, another layout version (the first word of CONFIG).
-    let mut value = vec!["0"; 40];
+    let mut value = vec!["0"; 48];
     value[0] = "1";
     let mut args = vec![
         "map", "update", "pinned", config, "key", "0", "0", "0", "0", "value",

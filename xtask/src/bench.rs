@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the enforcer costs, measured against baselines in one run.
 //!
-//! Four parts, run in this order (`--only` picks some):
+//! Five parts, run in this order (`--only` picks some):
 //! - `redirect` ([`redirect`]): the kernel redirect and the TCP relay: connect rate of
 //!   unprotected destinations with the programs attached vs detached, and a relayed keep-alive
 //!   connection vs a direct one. Writes `target/bench/redirect.json`.
@@ -12,12 +12,15 @@
 //!   the cache of verified tokens), timed in a release build (`enforcer/examples/jwt_bench.rs`),
 //!   and HTTP through the enforcer with a rule requiring a JWT vs the same without. Writes
 //!   `target/bench/jwt.json`.
+//! - `identity` ([`identity`]): time to first response of 1 and 32 parallel first connections
+//!   from a new 100 MB binary vs a known one. Writes `target/bench/identity.json`.
 //!
 //! `decide` and `http` write `target/bench/http.json`. Every number is a median of interleaved
 //! rounds, reported with ratios to its baseline in the same run.
 
 mod decide;
 mod http;
+mod identity;
 mod jwt;
 mod redirect;
 
@@ -37,7 +40,7 @@ use serde_json::{Value, json};
 #[derive(clap::Args)]
 pub struct Args {
     /// Run only these parts, comma-separated (default: all, in the order redirect, decide,
-    /// http, jwt).
+    /// http, jwt, identity).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     #[command(flatten)]
@@ -57,11 +60,15 @@ enum Part {
     /// JWT verification per request (no cache vs cached), and HTTP with a JWT rule vs without
     /// (`target/bench/jwt.json`).
     Jwt,
+    /// Time to first response of a new 100 MB binary's first connections vs a known binary's
+    /// (`target/bench/identity.json`).
+    Identity,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let wants = |part| args.only.is_empty() || args.only.contains(&part);
-    let privileged = wants(Part::Redirect) || wants(Part::Http) || wants(Part::Jwt);
+    let privileged =
+        wants(Part::Redirect) || wants(Part::Http) || wants(Part::Jwt) || wants(Part::Identity);
     // SAFETY: plain syscall.
     if privileged && unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -131,6 +138,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "jwt": jwt::run(&args.http, &root)?,
         });
         write_report(&root.join("target/bench/jwt.json"), &report)?;
+    }
+    if wants(Part::Identity) {
+        let report = json!({
+            "kernel": kernel(),
+            "cpus": cpus(),
+            "busy_before_start": busy,
+            "identity": identity::run(&root)?,
+        });
+        write_report(&root.join("target/bench/identity.json"), &report)?;
     }
     println!(
         "\ncargo xtask bench: {:.0} s in all (builds included)",

@@ -17,16 +17,19 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// benchmarks' HTTP upstream and wrk their load generator; promtool (Debian `prometheus`) checks
 /// and unit-tests the alert rules in deploy/, systemd-analyze verifies the systemd unit, and
 /// setpriv runs the agent with exactly the unit's capabilities, groff checks the generated man
-/// pages (`examples/cli_docs.rs`). (On a host booted with systemd,
+/// pages (`examples/cli_docs.rs`), and the attestation tests trace a caller with strace and
+/// bring up a private network namespace's loopback with ip. (On a host booted with systemd,
 /// Debian starts the haproxy, nginx and prometheus services on install; the tests and
 /// benchmarks run their own instances on ports of their own and do not need them.)
-const DEBIAN_PACKAGES: [(&str, &str); 9] = [
+const DEBIAN_PACKAGES: [(&str, &str); 11] = [
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("groff-base", "groff"),
     ("haproxy", "haproxy"),
+    ("iproute2", "ip"),
     ("nginx", "nginx"),
     ("prometheus", "promtool"),
+    ("strace", "strace"),
     ("systemd", "systemd-analyze"),
     ("util-linux", "setpriv"),
     ("wrk", "wrk"),

@@ -71,10 +71,12 @@ pub fn synthetic(n_rules: usize) -> Synthetic {
         group: None,
         process: Some(Arc::new(Process {
             exe: PathBuf::from("/usr/bin/bench-0"),
+            exe_trusted: true,
             sha256: "".into(),
         })),
         cgroup: None,
         unresolved: None,
+        traced: Some(false),
     };
     let caller = policy.classify(&identity);
 

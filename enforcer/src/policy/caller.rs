@@ -9,7 +9,7 @@
 use std::{collections::HashMap, fmt, sync::Arc};
 
 use super::glob::Glob;
-use crate::identity::Identity;
+use crate::identity::{Identity, Process};
 
 /// A named identity, compiled.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,8 @@ pub(super) struct IdentityMatcher {
     pub systemd_unit: Option<Glob>,
     pub cgroup: Option<Glob>,
     pub container: Option<Box<str>>,
+    /// `traced: false`: only a caller seen not traced (ptrace) matches.
+    pub traced: Option<bool>,
 }
 
 /// A user or group, by name or numeric id.
@@ -41,6 +43,7 @@ pub(super) enum Attr {
     SystemdUnit,
     Cgroup,
     Container,
+    Traced,
 }
 
 /// The named identities a caller matches, computed once per connection by
@@ -77,7 +80,7 @@ impl IdentityMatcher {
         let process = id.process.as_deref();
         let cgroup = id.cgroup.as_deref();
         if let Some(exe) = &self.exe {
-            let path = process.and_then(|p| p.exe.to_str());
+            let path = process.and_then(|p| p.trusted_exe()?.to_str());
             if !path.is_some_and(|p| exe.matches(p)) {
                 return Some(Attr::Exe);
             }
@@ -114,6 +117,11 @@ impl IdentityMatcher {
                 return Some(Attr::Container);
             }
         }
+        if let Some(traced) = self.traced
+            && id.traced != Some(traced)
+        {
+            return Some(Attr::Traced);
+        }
         None
     }
 
@@ -127,6 +135,7 @@ impl IdentityMatcher {
             Attr::SystemdUnit => self.systemd_unit.as_ref().map(|g| g.as_str().to_owned()),
             Attr::Cgroup => self.cgroup.as_ref().map(|g| g.as_str().to_owned()),
             Attr::Container => self.container.as_deref().map(str::to_owned),
+            Attr::Traced => self.traced.map(|t| t.to_string()),
         }
         .unwrap_or_default()
     }
@@ -145,6 +154,7 @@ impl Attr {
             Attr::SystemdUnit => "systemdUnit",
             Attr::Cgroup => "cgroup",
             Attr::Container => "container",
+            Attr::Traced => "traced",
         }
     }
 
@@ -153,7 +163,9 @@ impl Attr {
         let process = id.process.as_deref();
         let cgroup = id.cgroup.as_deref();
         match self {
-            Attr::Exe => process.map(|p| p.exe.display().to_string()),
+            Attr::Exe => process
+                .and_then(Process::trusted_exe)
+                .map(|p| p.display().to_string()),
             Attr::Sha256 => process
                 .map(|p| p.sha256.to_string())
                 .filter(|s| !s.is_empty()),
@@ -162,6 +174,7 @@ impl Attr {
             Attr::SystemdUnit => cgroup.and_then(|c| c.unit.clone()),
             Attr::Cgroup => cgroup.map(|c| c.path.clone()),
             Attr::Container => cgroup.and_then(|c| c.container.clone()),
+            Attr::Traced => id.traced.map(|t| t.to_string()),
         }
     }
 }
@@ -274,7 +287,7 @@ impl Classifier {
     pub(super) fn classify(&self, identities: &[IdentityMatcher], id: &Identity) -> Vec<u32> {
         let process = id.process.as_deref();
         let by_exe = process
-            .and_then(|p| p.exe.to_str())
+            .and_then(|p| p.trusted_exe()?.to_str())
             .and_then(|e| self.by_exe.get(e));
         let by_sha = process.and_then(|p| self.by_sha256.get(&*p.sha256));
         let mut ids: Vec<u32> = by_exe

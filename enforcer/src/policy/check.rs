@@ -285,6 +285,7 @@ fn limits(d: &mut Diagnostics, l: LimitsFile) -> Limits {
             "responseTimeout",
             default.response_timeout,
         ),
+        hash_timeout: timeout(d, l.hash_timeout, "hashTimeout", default.hash_timeout),
     };
     if let (Some(all), Some(each)) = (limits.max_connections, limits.max_connections_per_identity)
         && each > all
@@ -508,6 +509,7 @@ fn identity(d: &mut Diagnostics, key: &Spanned<String>, f: IdentityFile) -> Iden
         systemd_unit: attr(d, f.systemd_unit, caller::systemd_unit),
         cgroup: attr(d, f.cgroup, caller::cgroup),
         container: attr(d, f.container, caller::container),
+        traced: f.traced,
     }
 }
 

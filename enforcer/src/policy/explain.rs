@@ -431,6 +431,7 @@ impl Caller {
         let process = self.exe.as_ref().map(|exe| {
             Arc::new(Process {
                 exe: exe.clone(),
+                exe_trusted: true,
                 sha256: fs::File::open(exe)
                     .and_then(|mut f| sha256_hex(&mut f))
                     .unwrap_or_default()
@@ -462,6 +463,7 @@ impl Caller {
             process,
             cgroup,
             unresolved: None,
+            traced: Some(false),
         }
     }
 

@@ -59,6 +59,7 @@ pub(super) struct LimitsFile {
     pub burst_per_identity: Option<Spanned<u64>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub hash_timeout: Option<Spanned<String>>,
 }
 
 /// A rule's `limits`.
@@ -124,6 +125,7 @@ pub(super) struct IdentityFile {
     pub systemd_unit: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub container: Option<Spanned<String>>,
+    pub traced: Option<bool>,
 }
 
 #[derive(Deserialize)]

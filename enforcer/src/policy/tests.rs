@@ -86,6 +86,7 @@ fn who() -> Who {
         process: None,
         cgroup: None,
         unresolved: None,
+        traced: Some(false),
     })
 }
 
@@ -98,6 +99,7 @@ impl Who {
             .map_or("".into(), |p| p.sha256.clone());
         self.0.process = Some(Arc::new(Process {
             exe: PathBuf::from(exe),
+            exe_trusted: true,
             sha256: sha,
         }));
         self
@@ -111,6 +113,7 @@ impl Who {
             .map_or(PathBuf::from("/unknown"), |p| p.exe.clone());
         self.0.process = Some(Arc::new(Process {
             exe,
+            exe_trusted: true,
             sha256: sha.into(),
         }));
         self

@@ -41,7 +41,7 @@ use crate::{
         self, Body, ChunkedDecoder, Decoded, Method, Request, RequestError, ResponseBody,
         ResponseKind,
     },
-    identity::Identity,
+    identity::{Identity, Unresolved},
     limits::{self, IdentityLimits},
     metrics::{AuthFailure, UpstreamError},
     policy::{self, Decision, Headers, IdentitySet, Policy, Reason, Verdict},
@@ -330,6 +330,13 @@ pub(super) async fn serve(
                 _ => (403, None),
             });
         }
+        // A caller that exec'd after its connect is not the process the kernel attested: none
+        // of its attributes are believed, and nothing it sends is forwarded, even in audit mode.
+        if conn.identity.unresolved == Some(Unresolved::ExecAfterConnect) {
+            record.decision = audit::Verdict::Deny;
+            record.reason = EXEC_AFTER_CONNECT;
+            refusal = Some((403, None));
+        }
         // Secretless injection: the allowing rule's credential replaces whatever the client
         // sent. Only for Allow: a request forwarded as a dry-run "would deny" gets nothing.
         if refusal.is_none()
@@ -534,6 +541,9 @@ pub(super) async fn serve(
         }
     }
 }
+
+/// Audit `reason` of a request refused because its caller exec'd after connecting.
+pub const EXEC_AFTER_CONNECT: &str = "exec after connect";
 
 fn describe(decision: &Decision<'_>, record: &mut Record) {
     record.decision = match decision.verdict {

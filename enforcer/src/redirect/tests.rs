@@ -200,10 +200,15 @@ fn original_destination_unmaps_ipv4() {
 
 #[test]
 fn client_key_maps_ipv4_peers() {
-    let k4 = client_key("127.0.0.1:40000".parse().unwrap());
-    let k6 = client_key("[::ffff:127.0.0.1]:40000".parse().unwrap());
+    let k4 = client_key("127.0.0.1:40000".parse().unwrap(), 7);
+    let k6 = client_key("[::ffff:127.0.0.1]:40000".parse().unwrap(), 7);
     assert_eq!(k4, k6, "a dual-stack client and an IPv4 client key alike");
     assert_eq!(k4.port, 40000);
+    assert_ne!(
+        k4,
+        client_key("127.0.0.1:40000".parse().unwrap(), 8),
+        "the same address in another network namespace is another client"
+    );
 }
 
 #[test]

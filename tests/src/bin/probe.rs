@@ -39,6 +39,18 @@
 //! - `probe syn-burst ADDR COUNT HOLD_MS`: once a line arrives on stdin, start COUNT
 //!   non-blocking connects at once, keep them HOLD_MS, close them all; reports how each connect
 //!   started (`connected`, `in_progress`, `refused`, `failed`).
+//! - `probe exec-after-connect ADDR fork|self EXE`: an attacker's exec after connect. Connect,
+//!   then with `fork` fork a child that keeps the socket while this process execs EXE (as
+//!   `EXE reap`, which waits for its children); the child waits until its parent runs EXE,
+//!   sends the bytes on stdin and reports like `send`. With `self` the socket is kept across
+//!   the exec (no CLOEXEC) and EXE sends on it (`EXE send-fd FD REQUEST`).
+//! - `probe send-and-exit ADDR PATH`: connect, send `GET PATH` (`connection: close`), then
+//!   exit without reading once a line (or EOF) arrives on stdin: a caller that is gone before
+//!   its answer. Prints `{}`.
+//! - `probe netns-attempt UPSTREAM AGENT_PORT LOCAL_PORT ROUTED`: run in a private network
+//!   namespace: listen on 127.0.0.1:AGENT_PORT (a fake agent), connect from 127.0.0.1:LOCAL_PORT
+//!   to UPSTREAM, then to ROUTED (an address outside the namespace); reports each connect's
+//!   outcome (`connected` or the error kind) and whether the fake listener got a connection.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -51,6 +63,22 @@ use serde_json::json;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The halves of `exec-after-connect` that run after the exec: no address argument.
+    match args.first().map(String::as_str) {
+        Some("reap") => reap(),
+        Some("send-fd") => {
+            let fd: i32 = args
+                .get(1)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| usage());
+            let request = args.get(2).unwrap_or_else(|| usage());
+            // SAFETY: the descriptor was left open across exec for this process to own.
+            let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            println!("{}", send_on(s, request.as_bytes()));
+            return;
+        }
+        _ => {}
+    }
     let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
     let addr: SocketAddr = arg(1).parse().unwrap_or_else(|_| usage());
     let num = |i: usize| -> u64 { arg(i).parse().unwrap_or_else(|_| usage()) };
@@ -68,6 +96,9 @@ fn main() {
         "flood" => flood(addr, arg(2), num(3), num(4), num(5) as usize),
         "syn-burst" => syn_burst(addr, num(2), num(3)),
         "pipeline" => pipeline(addr),
+        "exec-after-connect" => exec_after_connect(addr, arg(2), arg(3)),
+        "send-and-exit" => send_and_exit(addr, arg(2)),
+        "netns-attempt" => netns_attempt(addr, num(2) as u16, num(3) as u16, arg(4)),
         _ => usage(),
     };
     println!("{out}");
@@ -248,6 +279,113 @@ fn send(addr: SocketAddr, hold: bool) -> serde_json::Value {
         Ok(response) => report["response"] = json!(String::from_utf8_lossy(&response)),
         Err(e) => report["error"] = json!(format!("{:?}", e.kind())),
     }
+    report
+}
+
+fn exec_after_connect(addr: SocketAddr, how: &str, exe: &str) -> serde_json::Value {
+    use std::os::fd::AsRawFd as _;
+    let mut request = Vec::new();
+    io::stdin().read_to_end(&mut request).expect("stdin");
+    let s = TcpStream::connect(addr).expect("connect");
+    let exec = |argv: &[&str]| -> ! {
+        use std::os::unix::process::CommandExt as _;
+        let e = std::process::Command::new(exe).args(argv).exec();
+        panic!("exec {exe}: {e}");
+    };
+    match how {
+        "fork" => {
+            let parent = std::process::id();
+            // SAFETY: single-threaded; the child only runs plain Rust code before exiting.
+            match unsafe { libc::fork() } {
+                -1 => panic!("fork: {}", io::Error::last_os_error()),
+                0 => {
+                    let exe_now = || std::fs::read_link(format!("/proc/{parent}/exe")).ok();
+                    let want = std::fs::canonicalize(exe).expect("exe");
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while exe_now().as_ref() != Some(&want) {
+                        assert!(Instant::now() < deadline, "parent never ran {exe}");
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    println!("{}", send_on(s, &request));
+                    std::process::exit(0);
+                }
+                _ => {
+                    drop(s);
+                    exec(&["reap"])
+                }
+            }
+        }
+        "self" => {
+            let fd = s.as_raw_fd();
+            // SAFETY: clears FD_CLOEXEC on a descriptor this process owns.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            let request = String::from_utf8(request).expect("UTF-8 request");
+            exec(&["send-fd", &fd.to_string(), &request])
+        }
+        _ => usage(),
+    }
+}
+
+fn send_and_exit(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let _ = io::stdin().lock().read_line(&mut String::new());
+    json!({})
+}
+
+fn netns_attempt(
+    upstream: SocketAddr,
+    agent_port: u16,
+    local_port: u16,
+    routed: &str,
+) -> serde_json::Value {
+    let fake = std::net::TcpListener::bind(("127.0.0.1", agent_port)).expect("fake listener");
+    fake.set_nonblocking(true).unwrap();
+    let outcome = |r: io::Result<()>| match r {
+        Ok(()) => "connected".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    let from: SocketAddr = SocketAddr::from(([127, 0, 0, 1], local_port));
+    let loopback = (|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&from.into())?;
+        s.connect(&upstream.into())
+    })();
+    let routed: SocketAddr = routed.parse().unwrap_or_else(|_| usage());
+    let routed = TcpStream::connect_timeout(&routed, Duration::from_secs(5)).map(drop);
+    json!({
+        "loopback": outcome(loopback),
+        "routed": outcome(routed),
+        "fake_listener_accepted": fake.accept().is_ok(),
+    })
+}
+
+/// Wait for every child, then exit quietly (the children report).
+fn reap() -> ! {
+    // SAFETY: wait(2) with a null status pointer.
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+    std::process::exit(0)
+}
+
+/// Send `request` on `s`, half-close and read to the end: `send`'s report.
+fn send_on(mut s: TcpStream, request: &[u8]) -> serde_json::Value {
+    let mut report = json!({ "pid": std::process::id() });
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s
+        .write_all(request)
+        .and_then(|()| s.shutdown(Shutdown::Write));
+    let mut response = Vec::new();
+    report["end"] = json!(match s.read_to_end(&mut response) {
+        Ok(_) => "closed".to_string(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    });
+    report["response"] = json!(String::from_utf8_lossy(&response));
     report
 }
 

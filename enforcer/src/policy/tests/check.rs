@@ -38,7 +38,7 @@ fn syntax_and_type_errors_stop_at_the_first() {
             "unknown identity attribute",
             "version: 1\nidentities:\n  w: {binary: /bin/w}\nservices: {}\n",
             "test.yaml:3:7: unknown field `binary`, expected one of exe, sha256, user, group, \
-             systemdUnit, cgroup, container",
+             systemdUnit, cgroup, container, traced",
         ),
         (
             "wrong type",
@@ -356,6 +356,7 @@ fn settings_defaults_and_values() {
             rate_per_identity: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
+            hash_timeout: Duration::from_secs(5),
         }
     );
     let p = policy(
