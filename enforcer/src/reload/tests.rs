@@ -16,10 +16,9 @@ impl Drop for TempFile {
 /// written again is not; an unreadable file is one version until it can be read again.
 #[test]
 fn a_new_version_is_told_by_its_content_not_its_metadata() {
-    let file = TempFile(std::env::temp_dir().join(format!(
-        "enforcer-reload-{}-version",
-        std::process::id()
-    )));
+    let file = TempFile(
+        std::env::temp_dir().join(format!("enforcer-reload-{}-version", std::process::id())),
+    );
     let path = &file.0;
     fs::write(path, "version: 1 # a\n").unwrap();
     let mut seen = Some(digest("version: 1 # a\n"));
@@ -34,7 +33,9 @@ fn a_new_version_is_told_by_its_content_not_its_metadata() {
         .set_times(FileTimes::new().set_modified(modified))
         .unwrap();
     assert_eq!(fs::metadata(path).unwrap().modified().unwrap(), modified);
-    let text = new_version(path, &mut seen).expect("a new version").unwrap();
+    let text = new_version(path, &mut seen)
+        .expect("a new version")
+        .unwrap();
     assert_eq!(text, "version: 1 # b\n");
     assert!(new_version(path, &mut seen).is_none(), "seen once");
 
@@ -42,8 +43,16 @@ fn a_new_version_is_told_by_its_content_not_its_metadata() {
     assert!(new_version(path, &mut seen).is_none(), "same content");
 
     fs::remove_file(path).unwrap();
-    assert!(new_version(path, &mut seen).expect("now unreadable").is_err());
+    assert!(
+        new_version(path, &mut seen)
+            .expect("now unreadable")
+            .is_err()
+    );
     assert!(new_version(path, &mut seen).is_none(), "still unreadable");
     fs::write(path, "version: 1 # b\n").unwrap();
-    assert!(new_version(path, &mut seen).expect("readable again").is_ok());
+    assert!(
+        new_version(path, &mut seen)
+            .expect("readable again")
+            .is_ok()
+    );
 }
