@@ -102,6 +102,10 @@ pub struct Record {
     /// The header the agent injected a credential into (never its value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injected: Option<Arc<str>>,
+    /// The request was sent again on a new upstream connection: the reused one failed before
+    /// any byte of the response (see `proxy::http`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
     /// Why the caller's credential was refused, as a metrics label (`detail` has the facts).
     #[serde(skip)]
     pub auth_failure: Option<AuthFailure>,

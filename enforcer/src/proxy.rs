@@ -392,6 +392,7 @@ fn connection_refused(
         added_latency_us: 0,
         credential: None,
         injected: None,
+        retried: false,
         auth_failure: None,
         upstream_error: None,
     }

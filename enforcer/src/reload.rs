@@ -6,8 +6,7 @@
 //! and every later request sees the new one. A broken file is reported and changes nothing.
 
 use std::{
-    fs,
-    os::unix::fs::MetadataExt,
+    fs, io,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -24,7 +23,7 @@ use crate::credentials::{Injection, Refresh, Refreshers, SourceKind, SourceMetri
 
 use crate::{policy::Policy, redirect::Redirect};
 
-/// How often the file is checked for changes. Metadata polling (not inotify) also sees the
+/// How often the file is checked for changes. Polling its content (not inotify) also sees the
 /// symlink swaps Kubernetes uses to update mounted ConfigMaps.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -132,50 +131,62 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// What identifies a version of the file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+/// What the file holds, if that is not the version last seen, which it then becomes. A version
+/// is the content's digest (`None`: unreadable): file metadata can miss a change (two writes
+/// of the same size within the timestamp granularity), and the first version seen is the one
+/// the policy in force was parsed from, however late the watch starts.
+fn new_version(path: &Path, seen: &mut Option<String>) -> Option<io::Result<String>> {
+    let text = fs::read_to_string(path);
+    let version = text.as_ref().ok().map(|t| digest(t));
+    if version == *seen {
+        return None;
+    }
+    *seen = version;
+    Some(text)
 }
 
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    // `metadata` follows symlinks: a swapped link target shows as a new inode.
-    let md = fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size(),
-        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-    })
+fn digest(text: &str) -> String {
+    crate::identity::sha256_hex(&mut text.as_bytes()).expect("reading a byte slice cannot fail")
 }
 
-/// Watch `path` and reload on change or SIGHUP, until the task is dropped.
-pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, redirect: Arc<Redirect>) {
-    let mut sighup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => return error!(error = %e, "cannot handle SIGHUP: reload on file change only"),
-    };
-    let mut seen = fingerprint(&path);
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    loop {
-        let trigger = tokio::select! {
-            _ = sighup.recv() => "sighup",
-            _ = tick.tick() => {
-                refresh_secrets(&store);
-                let now = fingerprint(&path);
-                if now == seen {
-                    continue;
+/// Watch `path` and reload on change or SIGHUP, until the returned task is dropped. SIGHUP is
+/// handled from this call on, not from the task's first poll: the agent may say it is ready
+/// as soon as the task is spawned, and an unhandled SIGHUP would end it.
+pub fn watch(
+    path: PathBuf,
+    store: Arc<PolicyStore>,
+    redirect: Arc<Redirect>,
+) -> impl Future<Output = ()> {
+    let mut sighup = signal(SignalKind::hangup())
+        .inspect_err(|e| error!(error = %e, "cannot handle SIGHUP: reload on file change only"))
+        .ok();
+    let mut seen = Some(store.current().sha256().to_owned());
+    async move {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            let hangup = async {
+                match &mut sighup {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
                 }
-                seen = now;
-                "file change"
-            }
-        };
-        reload(&path, &store, &redirect, trigger).await;
+            };
+            let (trigger, text) = tokio::select! {
+                _ = hangup => {
+                    // Loaded whether or not it changed; the watch then knows it as seen.
+                    let text = fs::read_to_string(&path);
+                    seen = text.as_ref().ok().map(|t| digest(t));
+                    ("sighup", text)
+                }
+                _ = tick.tick() => {
+                    refresh_secrets(&store);
+                    let Some(text) = new_version(&path, &mut seen) else {
+                        continue;
+                    };
+                    ("file change", text)
+                }
+            };
+            reload(&path, text, &store, &redirect, trigger).await;
+        }
     }
 }
 
@@ -238,10 +249,24 @@ fn refresh_secrets(store: &PolicyStore) {
     }
 }
 
-async fn reload(path: &Path, store: &PolicyStore, redirect: &Redirect, trigger: &'static str) {
+/// Put the policy `text` read from `path` in force, or report why not.
+async fn reload(
+    path: &Path,
+    text: io::Result<String>,
+    store: &PolicyStore,
+    redirect: &Redirect,
+    trigger: &'static str,
+) {
     let owned = path.to_owned();
     // Loading resolves host names: keep it off the runtime's workers.
-    let loaded = tokio::task::spawn_blocking(move || Policy::load(&owned)).await;
+    let loaded = tokio::task::spawn_blocking(move || match text {
+        Ok(text) => Policy::parse(&owned, &text),
+        Err(source) => Err(crate::policy::Error::Read {
+            path: owned,
+            source,
+        }),
+    })
+    .await;
     let result = match loaded {
         Ok(Ok(policy)) => match redirect.set_destinations(&policy.protected()) {
             Ok(()) => {
@@ -289,3 +314,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

@@ -755,6 +755,8 @@ impl Received {
 /// - `/echo`: the request body back;
 /// - `/bye`: 200 with a length, then the upstream closes the connection without saying so
 ///   (as an upstream's idle timeout does);
+/// - `/flaky`: 200 with a length; the connection then reads the next request in full and
+///   resets without answering it (an upstream whose keep-alive close crossed that request);
 /// - anything else: 200 with the body `ok METHOD TARGET`.
 ///
 /// `Expect: 100-continue` gets a `100 Continue` before the body is read.
@@ -882,6 +884,8 @@ fn serve_http(
         raw,
         slot,
     };
+    // After `/flaky`: the next request is recorded, then reset.
+    let mut reset_next = false;
     loop {
         // Parse a head.
         let (mut req, head_len) = loop {
@@ -947,6 +951,10 @@ fn serve_http(
             req.body = conn.take(len)?;
         }
         requests.lock().unwrap().push(req.clone());
+        if reset_next {
+            socket2::SockRef::from(&out).set_linger(Some(Duration::ZERO))?;
+            return Ok(());
+        }
 
         let close = req
             .header("connection")
@@ -973,6 +981,9 @@ fn serve_http(
         } else if path == "/bye" {
             out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye")?;
             return out.shutdown(Shutdown::Both);
+        } else if path == "/flaky" {
+            out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nflaky")?;
+            reset_next = true;
         } else if path == "/close" {
             out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close")?;
             return out.shutdown(Shutdown::Write);

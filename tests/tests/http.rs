@@ -59,7 +59,7 @@ rules:
     from: [curl]
     to: api
     methods: [POST, GET, HEAD]
-    paths: ["/v1/releases/*", "/status/*", "/chunked", "/close", "/echo", "/bye"]
+    paths: ["/v1/releases/*", "/status/*", "/chunked", "/close", "/echo", "/bye", "/flaky"]
   - id: nobody-public
     from: [nobody]
     to: api
@@ -848,6 +848,100 @@ fn responses_are_framed_correctly_for_every_kind_of_body() {
     let last = upstream.requests().pop().unwrap();
     assert_eq!(last.body.len(), body.len());
     assert_eq!(last.header("transfer-encoding"), Some("chunked"));
+}
+
+/// curl's `-w` for one request: its status and how many connections it opened.
+const STATUS_AND_CONNECTS: &str = "[%{http_code} %{num_connects}]\n";
+
+#[test]
+fn a_request_reset_unanswered_on_a_reused_connection_is_sent_again_only_when_safe() {
+    if !privileged() {
+        return;
+    }
+    let upstream = HttpUpstream::start("127.0.0.1:0");
+    let cgroup = Cgroup::new();
+    let audit_file = cgroup_scoped_temp(&cgroup, "audit.jsonl");
+    let settings = format!("  audit:\n    file: {}\n", audit_file.display());
+    let mut agent = Agent::start(&cgroup, &policy(upstream.addr(), &settings));
+    let u = upstream.addr();
+    // After `/flaky` the upstream still holds its connection open, so the agent reuses it for
+    // the next request; the upstream reads that request and resets it unanswered. A GET
+    // without a body is sent again on a new connection.
+    let out = cgroup
+        .command("curl")
+        .args(["-sS", "--max-time", "20", "-w", STATUS_AND_CONNECTS])
+        .arg(format!("http://{u}/flaky"))
+        .arg(format!("http://{u}/status/200"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "flaky[200 1]\nstatus body[200 0]\n",
+        "{out:?}"
+    );
+    let connections = upstream.raw_connections();
+    assert_eq!(connections.len(), 2, "{}", upstream.raw_text());
+    let second = String::from_utf8_lossy(&connections[1]);
+    assert!(
+        second.starts_with("GET /status/200 HTTP/1.1\r\n"),
+        "{second}"
+    );
+    assert_eq!(
+        second.matches(" HTTP/1.1\r\n").count(),
+        1,
+        "the new connection carried the request once: {second}"
+    );
+
+    // A POST with a body is not sent again: the upstream may have acted on it.
+    let out = cgroup
+        .command("curl")
+        .args(["-sS", "--max-time", "20", "-w", STATUS_AND_CONNECTS])
+        .arg(format!("http://{u}/flaky"))
+        .args([
+            "--next",
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            STATUS_AND_CONNECTS,
+            "--data-binary",
+            "pay once",
+        ])
+        .arg(format!("http://{u}/echo"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "flaky[200 1]\n[502 0]\n",
+        "{out:?}"
+    );
+    assert_eq!(upstream.connections(), 3, "{}", upstream.raw_text());
+    let posts = upstream.requests();
+    let posts: Vec<_> = posts.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].body, b"pay once");
+
+    agent.stop();
+    let records: Vec<Value> = fs::read_to_string(&audit_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |path: &str| -> Vec<&Value> { records.iter().filter(|r| r["path"] == path).collect() };
+    let get = of("/status/200");
+    assert_eq!(get.len(), 1, "one decision, one record: {get:?}");
+    assert_eq!(get[0]["status"], 200);
+    assert_eq!(get[0]["retried"], true, "{}", get[0]);
+    let post = of("/echo");
+    assert_eq!(post.len(), 1, "{post:?}");
+    assert_eq!(post[0]["status"], 502);
+    assert!(post[0].get("retried").is_none(), "{}", post[0]);
+    let detail = post[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.ends_with("not sent again on a new connection: POST is not idempotent"),
+        "{detail}"
+    );
+    let _ = fs::remove_file(audit_file);
 }
 
 #[test]

@@ -48,6 +48,7 @@ fn record(identities: &[&str], decision: Verdict, reason: &'static str) -> Recor
         added_latency_us: 1,
         credential: None,
         injected: None,
+        retried: false,
         auth_failure: None,
         upstream_error: None,
     }

@@ -232,6 +232,8 @@ struct Unmapped<'a> {
     credential: Option<&'a super::CredentialUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     injected: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    retried: bool,
     request_bytes: u64,
     response_bytes: u64,
     added_latency_us: u64,
@@ -361,6 +363,7 @@ impl<'a> From<&'a Record> for ApiActivity<'a> {
                 container: c.container.as_deref(),
                 credential: r.credential.as_ref(),
                 injected: r.injected.as_deref(),
+                retried: r.retried,
                 request_bytes: r.request_bytes,
                 response_bytes: r.response_bytes,
                 added_latency_us: r.added_latency_us,

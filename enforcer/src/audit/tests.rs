@@ -41,6 +41,7 @@ fn record(n: u64) -> Record {
         added_latency_us: 12,
         credential: None,
         injected: None,
+        retried: false,
         auth_failure: None,
         upstream_error: None,
     }

@@ -150,6 +150,16 @@ impl Method {
         }
     }
 
+    /// Whether the method is idempotent (RFC 9110 §9.2.2): sending it twice has the effect of
+    /// sending it once, so a request that may or may not have reached the server can be sent
+    /// again.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Self::Get | Self::Head | Self::Put | Self::Delete | Self::Options | Self::Trace
+        )
+    }
+
     /// Methods that must not carry content here. GET and HEAD content "has no generally
     /// defined semantics" (RFC 9110 §9.3.1-2) and servers differ on whether they read it;
     /// TRACE content is forbidden (§9.3.8). DELETE and OPTIONS are allowed content: APIs use

@@ -45,6 +45,7 @@ fn record(decision: Verdict, rule: Option<&str>, identities: &[&str], path: &str
         added_latency_us: 120,
         credential: None,
         injected: None,
+        retried: false,
         auth_failure: None,
         upstream_error: None,
     }

@@ -181,6 +181,7 @@ pub(super) async fn serve(
             added_latency_us: 0,
             credential: None,
             injected: None,
+            retried: false,
             auth_failure: None,
             upstream_error: None,
         };
@@ -434,26 +435,6 @@ pub(super) async fn serve(
         if upstream.as_ref().is_some_and(|up| !up.is_open()) {
             upstream = None;
         }
-        let up = match &mut upstream {
-            Some(up) => up,
-            None => match connect(relay.connect_timeout(&policy), conn.dst).await {
-                Ok(up) => upstream.insert(up),
-                Err(e) => {
-                    record.upstream_error = Some(UpstreamError::of_connect(&e));
-                    relay.stats.upstream_failed.fetch_add(1, Relaxed);
-                    let (status, error) = if e.kind() == std::io::ErrorKind::TimedOut {
-                        record.reason = "upstream connect timeout";
-                        (504, "gateway timeout")
-                    } else {
-                        record.reason = "upstream unreachable";
-                        (502, "bad gateway")
-                    };
-                    record.detail = Some(e.to_string());
-                    refuse(&mut client, status, error, None, &mut record, started, true).await;
-                    return relay.finish(record);
-                }
-            },
-        };
         // The only protocol a 101 may switch to: the one this request asked for, when the
         // rule that allowed it allows upgrading to it. Any other 101 would turn the connection
         // into a tunnel no decision covers.
@@ -461,27 +442,76 @@ pub(super) async fn serve(
             decision.verdict == Verdict::Allow
                 && decision.rule.is_some_and(|rule| rule.allows_upgrade(asked))
         });
-        let outcome = exchange(
-            &mut client,
-            &mut cbuf,
-            up,
-            &req,
-            &mut out_head,
-            &http_limits,
-            &limits,
-            rule_limits.max_body_bytes,
-            upgrade,
-            started,
-            &drain,
-        )
-        .await;
+        // The upstream may still close a reused connection after that check (its FIN or RST
+        // already on the way), and the request then fails before any byte of a response. As
+        // hyper's client and HAProxy do, such a request is sent once more on a new
+        // connection, under the same decision and in the same record, when that is safe:
+        // its method is idempotent (RFC 9110 §9.2.2) and it has no body, so a second copy
+        // has the effect of one and nothing of it was taken from the client. Any other
+        // request gets 502: the upstream may have acted on it.
+        let reused = upstream.is_some();
+        let not_resendable = not_resendable(&req);
+        let outcome = loop {
+            let may_resend = reused && !record.retried && not_resendable.is_none();
+            let up = match &mut upstream {
+                Some(up) => up,
+                None => match connect(relay.connect_timeout(&policy), conn.dst).await {
+                    Ok(up) => upstream.insert(up),
+                    Err(e) => {
+                        record.upstream_error = Some(UpstreamError::of_connect(&e));
+                        relay.stats.upstream_failed.fetch_add(1, Relaxed);
+                        let (status, error) = if e.kind() == std::io::ErrorKind::TimedOut {
+                            record.reason = "upstream connect timeout";
+                            (504, "gateway timeout")
+                        } else {
+                            record.reason = "upstream unreachable";
+                            (502, "bad gateway")
+                        };
+                        record.detail = Some(e.to_string());
+                        refuse(&mut client, status, error, None, &mut record, started, true).await;
+                        return relay.finish(record);
+                    }
+                },
+            };
+            let outcome = exchange(
+                &mut client,
+                &mut cbuf,
+                up,
+                &req,
+                &mut out_head,
+                &http_limits,
+                &limits,
+                rule_limits.max_body_bytes,
+                upgrade,
+                may_resend,
+                started,
+                &drain,
+            )
+            .await;
+            if may_resend && outcome.unanswered {
+                debug!(
+                    client = %conn.peer,
+                    failure = outcome.failure.as_deref().unwrap_or_default(),
+                    "reused upstream connection failed before any response: sending again"
+                );
+                upstream = None;
+                record.retried = true;
+                continue;
+            }
+            break outcome;
+        };
         record.status = outcome.status;
         record.request_bytes = outcome.request_bytes;
         record.response_bytes = outcome.response_bytes;
         record.added_latency_us = outcome.added_latency_us;
         record.upstream_error = outcome.upstream_error;
         if let Some(why) = outcome.failure {
-            record.detail = Some(why);
+            record.detail = Some(match &not_resendable {
+                Some(not) if reused && outcome.unanswered => {
+                    format!("{why}; not sent again on a new connection: {not}")
+                }
+                _ => why,
+            });
         }
         if let Next::UnexpectedUpgrade = outcome.next {
             record.decision = audit::Verdict::Reject;
@@ -554,6 +584,18 @@ fn describe(decision: &Decision<'_>, record: &mut Record) {
     record.rule = decision.rule.map(|r| r.shared_id().clone());
     record.mode = decision.mode.as_str();
     record.reason = decision.reason.as_str();
+}
+
+/// Why `req` must not be sent to the upstream a second time, if it must not (see the resend
+/// in [`serve`]).
+fn not_resendable(req: &Request) -> Option<String> {
+    if !req.method().is_idempotent() {
+        Some(format!("{} is not idempotent", req.method().as_str()))
+    } else if req.body() != Body::None {
+        Some("its body was sent".to_owned())
+    } else {
+        None
+    }
 }
 
 /// Unique per request: a per-process random prefix and a counter.
@@ -845,10 +887,15 @@ struct Outcome {
     failure: Option<String>,
     /// How the upstream failed, if it did (not the client).
     upstream_error: Option<UpstreamError>,
+    /// The upstream connection failed before any byte of a response. The client got 502,
+    /// unless the exchange was told it may be tried again.
+    unanswered: bool,
     next: Next,
 }
 
-/// Forward one allowed request and relay its response. `head` is scratch space.
+/// Forward one allowed request and relay its response. `head` is scratch space. With
+/// `may_resend`, a failure before any byte of a response is not answered: the caller sends
+/// the request again.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the buffers are the connection's"
@@ -863,6 +910,7 @@ async fn exchange(
     limits: &policy::Limits,
     max_body: Option<u64>,
     upgrade: Option<&str>,
+    may_resend: bool,
     started: Instant,
     drain: &watch::Receiver<bool>,
 ) -> Outcome {
@@ -873,6 +921,7 @@ async fn exchange(
         added_latency_us: 0,
         failure: None,
         upstream_error: None,
+        unanswered: false,
         next: Next::Close,
     };
     head.clear();
@@ -880,8 +929,11 @@ async fn exchange(
     if let Err(e) = up.stream.write_all(head).await {
         outcome.failure = Some(format!("upstream write: {e}"));
         outcome.upstream_error = Some(UpstreamError::Reset);
-        let _ = write_bad_gateway(client).await;
-        outcome.status = Some(502);
+        outcome.unanswered = true;
+        if !may_resend {
+            let _ = write_bad_gateway(client).await;
+            outcome.status = Some(502);
+        }
         return outcome;
     }
     outcome.added_latency_us = micros(started);
@@ -980,7 +1032,11 @@ async fn exchange(
             };
         }
         Err(e) => {
-            if !e.head_relayed {
+            // Closed or reset with nothing received: the upstream never answered.
+            outcome.unanswered = !e.head_relayed
+                && up.buf.is_empty()
+                && matches!(e.upstream, Some(UpstreamError::Reset));
+            if !e.head_relayed && !(may_resend && outcome.unanswered) {
                 let _ = cw.write_all(BAD_GATEWAY).await;
                 outcome.status = Some(502);
             }

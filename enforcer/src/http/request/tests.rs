@@ -210,6 +210,22 @@ fn parses_methods() {
 }
 
 #[test]
+fn idempotent_methods_are_those_of_rfc_9110() {
+    let idempotent = |token: &str| {
+        let head = format!("{token} / HTTP/1.1\r\nHost: a\r\n\r\n");
+        parse(head.as_bytes()).unwrap().method().is_idempotent()
+    };
+    for token in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"] {
+        assert!(idempotent(token), "{token}");
+    }
+    // Unknown methods are not assumed safe to repeat.
+    for token in ["POST", "PATCH", "PROPFIND", "get"] {
+        assert!(!idempotent(token), "{token}");
+    }
+    assert!(!Method::Connect.is_idempotent());
+}
+
+#[test]
 fn refuses_what_it_should() {
     use RequestError::*;
     let cases: &[(&[u8], RequestError)] = &[

@@ -46,6 +46,7 @@ async fn a_response_waiting_at_once_keeps_the_connection_alive() {
             &policy::Limits::default(),
             None,
             None,
+            false,
             Instant::now(),
             &drain,
         )
@@ -58,6 +59,62 @@ async fn a_response_waiting_at_once_keeps_the_connection_alive() {
         );
         caller.read_exact(&mut relayed).await.unwrap();
         assert_eq!(relayed, response);
+    }
+}
+
+/// An upstream that resets the request without a byte of response leaves the exchange
+/// unanswered: with `may_resend` the client is told nothing (the caller sends the request
+/// again), without it the client gets 502. One byte of response and it is not unanswered.
+#[tokio::test]
+async fn a_reset_before_any_response_is_left_to_a_resend_only_when_allowed() {
+    let (request, _) = http::parse_request(
+        b"GET /a HTTP/1.1\r\nhost: api\r\n\r\n",
+        &http::Limits::default(),
+    )
+    .unwrap()
+    .unwrap();
+    let (_draining, drain) = tokio::sync::watch::channel(false);
+    for (may_resend, partial, unanswered, status) in [
+        (true, &b""[..], true, None),
+        (false, b"", true, Some(502)),
+        (true, b"HTTP/1.1 2", false, Some(502)),
+    ] {
+        let (mut client, mut caller) = pair().await;
+        let (stream, server) = pair().await;
+        let mut up = Upstream {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let upstream = tokio::spawn(async move {
+            let mut server = server;
+            let mut head = vec![0u8; b"GET /a HTTP/1.1\r\n".len()];
+            server.read_exact(&mut head).await.unwrap();
+            server.write_all(partial).await.unwrap();
+            super::super::reset(server);
+        });
+        let outcome = exchange(
+            &mut client,
+            &mut BytesMut::new(),
+            &mut up,
+            &request,
+            &mut BytesMut::new(),
+            &http::Limits::default(),
+            &policy::Limits::default(),
+            None,
+            None,
+            may_resend,
+            Instant::now(),
+            &drain,
+        )
+        .await;
+        upstream.await.unwrap();
+        assert_eq!(outcome.unanswered, unanswered, "{:?}", outcome.failure);
+        assert_eq!(outcome.status, status);
+        drop(client);
+        let mut relayed = Vec::new();
+        caller.read_to_end(&mut relayed).await.unwrap();
+        let expected: &[u8] = if status.is_some() { BAD_GATEWAY } else { b"" };
+        assert_eq!(relayed, expected, "may_resend {may_resend}");
     }
 }
 
@@ -104,6 +161,7 @@ async fn a_101_switches_only_to_the_allowed_upgrade() {
             &policy::Limits::default(),
             None,
             upgrade,
+            false,
             Instant::now(),
             &drain,
         )
