@@ -6,6 +6,7 @@ pub mod audit;
 pub mod binding;
 pub mod cli;
 pub mod credentials;
+pub mod error;
 pub mod host;
 pub mod http;
 pub mod identity;

@@ -241,7 +241,7 @@ fn refresh_secrets(store: &PolicyStore) {
                     event = "keys_rejected",
                     credential = %r.credential,
                     %file,
-                    error = %chain(&e),
+                    error = %crate::error::chain(&e),
                     "keys file refused; the previous keys stay in force"
                 )
             }
@@ -274,9 +274,9 @@ async fn reload(
                 store.replace(policy);
                 Ok(services)
             }
-            Err(e) => Err(chain(&e)),
+            Err(e) => Err(crate::error::chain(&e)),
         },
-        Ok(Err(e)) => Err(chain(&e)),
+        Ok(Err(e)) => Err(crate::error::chain(&e)),
         Err(e) => Err(format!("BUG: policy load panicked: {e}")),
     };
     let now = unix_ms();
@@ -301,18 +301,6 @@ async fn reload(
             );
         }
     }
-}
-
-/// An error and its sources on one line, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -148,7 +148,9 @@ impl HttpsClient {
                 if e.is::<http_body_util::LengthLimitError>() {
                     FetchError::TooLarge
                 } else {
-                    FetchError::Io { reason: chain(&*e) }
+                    FetchError::Io {
+                        reason: crate::error::chain(&*e),
+                    }
                 }
             })?
             .to_bytes();
@@ -159,7 +161,7 @@ impl HttpsClient {
 /// What a failed request says, by the layer that failed: name resolution, TLS, the connect
 /// (direct or through the proxy), or the exchange after it.
 fn request_error(e: &hyper_util::client::legacy::Error, host: &str) -> FetchError {
-    let reason = chain(e);
+    let reason = crate::error::chain(e);
     let mut causes = Vec::new();
     let mut cause: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(c) = cause {
@@ -207,18 +209,6 @@ fn is_tls(e: &(dyn StdError + 'static)) -> bool {
         Some(inner) => is_tls(inner),
         None => false,
     }
-}
-
-/// An error and its sources on one line, `a: b: c`.
-fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// The TLS settings for an HTTPS fetch: trust `ca_file`'s certificates only, or else the
