@@ -745,7 +745,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let cgroup = Cgroup::new();
     let settings = "  limits:\n    idleTimeout: 1s\n";
     let _agent = Agent::start(&cgroup, &policy(upstream.addr(), settings));
-    // One complete request, then silence on an open connection: the probe would wait 10 s,
+    // One complete request, then silence on an open connection: the probe would wait 30 s,
     // the agent closes after 1 s.
     let report = send_raw_with(&cgroup, None, upstream.addr(), &get("/v1/invoices"), true);
     assert_eq!(statuses(response(&report)), vec![200], "{report}");
