@@ -498,7 +498,6 @@ fn connects_that_never_establish_leave_no_record() {
     let mut rest = String::new();
     reports.read_to_string(&mut rest).expect("probe output");
     let status = probe.wait().expect("probe");
-    assert!(status.success(), "{status} {rest}");
     let deadline = Instant::now() + PATIENCE;
     let lingering = loop {
         let n = records();
@@ -509,6 +508,7 @@ fn connects_that_never_establish_leave_no_record() {
     };
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    assert!(status.success(), "{status} {rest}");
     assert_eq!(
         report["pending"], PENDING,
         "the burst must reach the stalled agent, not be failed closed: {report}"
