@@ -441,7 +441,7 @@ impl Agent {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = wait_child(&mut child);
         // The reader thread stores the last lines at EOF, just after the exit.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(e) = self.events().into_iter().find(|e| e["event"] == "stopped") {
                 return (status, e);

@@ -193,7 +193,12 @@ fn a_request_in_flight_completes_during_the_drain() {
     let (upstream, arrived) = upstream();
     let cgroup = Cgroup::new();
     let audit = cgroup_scoped_temp(&cgroup, "audit.jsonl");
-    let mut agent = Agent::start(&cgroup, &policy(upstream, &audit, "json"));
+    // A drain far longer than the upstream's 1.5 s, however slowly a loaded host runs.
+    let mut agent = Agent::start_with(
+        &cgroup,
+        &policy(upstream, &audit, "json"),
+        &["--drain-timeout", "60"],
+    );
     let slow = {
         let bytes = get("/slow/1500");
         let cgroup = &cgroup;
@@ -246,12 +251,9 @@ fn the_drain_is_bounded() {
         let (status, _) = agent.stop();
         let took = stopping.elapsed();
         assert!(status.success(), "{status}");
-        // At least the drain timeout (its timer starts after the SIGTERM), and well before the
-        // upstream's answer (20 s): a bound on the exit, not on how fast a loaded host is.
-        assert!(
-            took >= Duration::from_secs(1) && took < Duration::from_secs(15),
-            "exited after {took:?}"
-        );
+        // At least the drain timeout: its timer starts after the SIGTERM. That the exit came
+        // before the upstream's answer shows in the client's report below.
+        assert!(took >= Duration::from_secs(1), "exited after {took:?}");
         client.join().unwrap()
     });
     // The stuck request is cut: no response, and the client is not left hanging.

@@ -5,17 +5,17 @@
 
 use std::{
     fs,
-    io::{Read, Write},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use enforcer_tests::{
     Agent, Cgroup, HttpUpstream, PATIENCE, cgroup_scoped_temp, enforcer_binary, metric_value,
-    privileged, probe_binary, run_probe, send_raw, sha256_hex, wait_for,
+    privileged, probe_binary, send_raw, sha256_hex, wait_for,
 };
 use serde_json::Value;
 
@@ -566,45 +566,52 @@ fn prometheus_scrapes_the_agent_while_traffic_runs() {
         (prometheus.scalar(r#"up{job="enforcer"}"#) == Some(1.0)).then_some(())
     });
 
-    // Several seconds of keep-alive traffic, so several scrapes land during it.
-    let mut cmd = cgroup.command(probe_binary());
-    cmd.args([
-        "get-loop",
-        &upstream.addr().to_string(),
-        "/v1/invoices/7",
-        "4",
-    ]);
-    let report = run_probe(cmd);
-    let ok = report["statuses"]["200"].as_u64().unwrap_or(0);
-    assert!(ok > 0, "{report}");
-    assert_eq!(report["failures"], 0, "{report}");
-
+    // A keep-alive connection, held open after its first request until a scrape has shown it
+    // open and that request counted.
+    let mut client = cgroup
+        .command(probe_binary())
+        .args([
+            "keepalive",
+            &upstream.addr().to_string(),
+            "/v1/invoices/7",
+            "/v1/invoices/8",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start probe");
+    let mut reports = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    reports.read_line(&mut line).unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(first["first"], 200, "{first}");
     let allowed = r#"enforcer_requests_total{decision="allow",rule="probe-reads",identity="probe",service="api",job="enforcer"}"#;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        // After the traffic, Prometheus converges on the agent's own count.
-        if prometheus.scalar(allowed) == Some(ok as f64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus has {:?} for {allowed}, the probe completed {ok}",
-            prometheus.query(allowed)
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
-    // Scrapes during the traffic saw the connection open and requests flowing.
-    assert_eq!(
-        prometheus.scalar("max_over_time(enforcer_connections_active[1m])"),
-        Some(1.0)
+    wait_for("a scrape of the open connection and its request", || {
+        (prometheus.scalar("enforcer_connections_active") == Some(1.0)
+            && prometheus.scalar(allowed) == Some(1.0))
+        .then_some(())
+    });
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    reports.read_to_string(&mut rest).unwrap();
+    assert!(client.wait().unwrap().success(), "{rest}");
+    let second: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(second["second"], 200, "{second}");
+    assert_eq!(second["retried"], false, "{second}");
+    let ok = 2;
+
+    // Later scrapes see the second request counted and the connection closed.
+    wait_for(
+        "a scrape of the second request and the closed connection",
+        || {
+            (prometheus.scalar(allowed) == Some(f64::from(ok))
+                && prometheus.scalar("enforcer_connections_active") == Some(0.0))
+            .then_some(())
+        },
     );
-    let rate = prometheus
-        .scalar(r#"max_over_time(rate(enforcer_requests_total{decision="allow"}[3s])[1m:1s])"#)
-        .unwrap_or(0.0);
-    assert!(rate > 0.0, "no request rate seen during the traffic");
     assert_eq!(
         prometheus.scalar(r#"sum(enforcer_added_latency_seconds_count{service="api"})"#),
-        Some(ok as f64)
+        Some(f64::from(ok))
     );
     let hash = &sha256_hex(agent.policy_file())[..16];
     assert_eq!(

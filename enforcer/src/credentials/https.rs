@@ -77,22 +77,25 @@ impl HttpsClient {
             &Matcher::from_env(),
             Resolver::System(GaiResolver::new()),
             EXCHANGE_TIMEOUT,
+            EXCHANGE_TIMEOUT,
         )
     }
 
+    /// `budget` bounds the whole exchange, `connect` the TCP connects (tests set them apart).
     fn with(
         url: &HttpsUrl,
         ca_file: Option<&Path>,
         proxies: &Matcher,
         resolver: Resolver,
         budget: Duration,
+        connect: Duration,
     ) -> Result<Self, OAuth2Error> {
         let mut http = HttpConnector::new_with_resolver(resolver);
         // The TLS layer above speaks https; this one only carries TCP.
         http.enforce_http(false);
         http.set_nodelay(true);
         // Split between a family's addresses; the other family starts after 300 ms anyway.
-        http.set_connect_timeout(Some(EXCHANGE_TIMEOUT));
+        http.set_connect_timeout(Some(connect));
         let uri: Uri = url.as_str().parse().map_err(|_| OAuth2Error::BadUrl {
             url: url.as_str().to_owned(),
             reason: "not a URI",
