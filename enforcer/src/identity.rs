@@ -254,13 +254,7 @@ impl Resolver {
 
     /// The process's start time in ticks since boot, if it could have made the connect.
     fn checked_start(&self, proc_dir: &Path, meta: &ConnMeta) -> Result<u64, Unresolved> {
-        let stat = fs::read_to_string(proc_dir.join("stat")).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Unresolved::ProcessExited
-            } else {
-                Unresolved::Unreadable
-            }
-        })?;
+        let stat = fs::read_to_string(proc_dir.join("stat")).map_err(|e| gone_or_unreadable(&e))?;
         let start = start_time_ticks(&stat).ok_or(Unresolved::Unreadable)?;
         // Start time has tick resolution: allow one tick of rounding.
         if start.saturating_mul(self.ns_per_tick) > meta.connect_boot_ns + self.ns_per_tick {
