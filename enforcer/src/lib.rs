@@ -1,7 +1,8 @@
-//! The enforcer agent as a library: the binary (`main.rs`) is its CLI, and benchmarks call the
-//! decision path directly.
+//! The enforcer agent as a library: the binary (`main.rs`) is its CLI, [`app`] builds and runs
+//! the agent from its configuration, and benchmarks call the decision path directly.
 
 pub mod anomaly;
+pub mod app;
 pub mod audit;
 pub mod binding;
 pub mod cli;
