@@ -90,6 +90,49 @@ pub(super) struct Scanned {
     pub(super) fields: usize,
 }
 
+/// Header slots httparse gets on the stack; a head with more fields borrows them from the heap.
+/// Browsers send about 20.
+pub(super) const STACK_HEADERS: usize = 32;
+
+/// Why httparse did not parse a head the scanner found complete.
+pub(super) enum Unparsed {
+    /// httparse refused it: the caller diagnoses why.
+    Invalid(httparse::Error),
+    /// httparse saw it end elsewhere, or not at all: the two parsers disagree, a bug.
+    Disagreed,
+}
+
+impl Unparsed {
+    /// The text of [`Unparsed::Disagreed`] errors.
+    pub(super) const DISAGREED: &str =
+        "httparse and the head scanner disagree on the end of the head";
+
+    /// `status`, as httparse returned it for a head of `len` bytes.
+    pub(super) fn check(status: httparse::Result<usize>, len: usize) -> Result<(), Self> {
+        match status {
+            Ok(httparse::Status::Complete(end)) if end == len => Ok(()),
+            Ok(_) => Err(Self::Disagreed),
+            Err(error) => Err(Self::Invalid(error)),
+        }
+    }
+}
+
+impl Scanned {
+    /// Runs `parse` with one empty httparse header slot per field line: on the stack when
+    /// they fit, so a common head costs no allocation for them.
+    pub(super) fn with_slots<'b, T>(
+        &self,
+        parse: impl FnOnce(&mut [httparse::Header<'b>]) -> T,
+    ) -> T {
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        if self.fields <= STACK_HEADERS {
+            parse(&mut stack[..self.fields])
+        } else {
+            parse(&mut vec![httparse::EMPTY_HEADER; self.fields])
+        }
+    }
+}
+
 /// Where the search for the end of a head stopped: fed the same buffer again with more bytes
 /// appended, [`Scanner::scan`] resumes there, so a head trickled one byte per read costs
 /// linear work, not a rescan from its first byte each time.

@@ -13,13 +13,9 @@ use thiserror::Error;
 
 use super::{
     Limits, Version,
-    head::{self, HeadError, Header},
+    head::{self, HeadError, Header, Unparsed},
     path::{self, TargetError},
 };
-
-/// Header slots httparse gets on the stack; a head with more fields borrows them from the heap.
-/// Browsers send about 20.
-const STACK_HEADERS: usize = 32;
 
 /// The first byte of a TLS handshake record: a client speaking TLS to a plaintext port.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -400,25 +396,16 @@ fn parse_scanned(
     scanned: &head::Scanned,
 ) -> Result<Option<(Request, usize)>, RequestError> {
     let head = &buf[..scanned.len];
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap = Vec::new();
-    let slots = if scanned.fields <= STACK_HEADERS {
-        &mut stack[..scanned.fields]
-    } else {
-        heap.resize(scanned.fields, httparse::EMPTY_HEADER);
-        &mut heap[..]
-    };
-    let mut parsed = httparse::Request::new(slots);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        Ok(_) => {
-            return Err(RequestError::Unreachable {
-                detail: "httparse and the head scanner disagree on the end of the head",
-            });
-        }
-        Err(error) => return Err(diagnose(head, error)),
-    }
-    let request = Request::from_parsed(head, &parsed)?;
+    let request = scanned.with_slots(|slots| {
+        let mut parsed = httparse::Request::new(slots);
+        Unparsed::check(parsed.parse(head), head.len()).map_err(|e| match e {
+            Unparsed::Invalid(error) => diagnose(head, error),
+            Unparsed::Disagreed => RequestError::Unreachable {
+                detail: Unparsed::DISAGREED,
+            },
+        })?;
+        Request::from_parsed(head, &parsed)
+    })?;
     Ok(Some((request, head.len())))
 }
 

@@ -9,12 +9,9 @@ use thiserror::Error;
 
 use super::{
     Limits, Version,
-    head::{self, HeadError, Header},
+    head::{self, HeadError, Header, Unparsed},
     request::Method,
 };
-
-/// Header slots httparse gets on the stack; see the request parser.
-const STACK_HEADERS: usize = 32;
 
 /// Why an upstream response head was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -162,42 +159,33 @@ fn parse_scanned(
     scanned: &head::Scanned,
 ) -> Result<Option<(Response, usize)>, ResponseError> {
     let head = &buf[..scanned.len];
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap = Vec::new();
-    let slots = if scanned.fields <= STACK_HEADERS {
-        &mut stack[..scanned.fields]
-    } else {
-        heap.resize(scanned.fields, httparse::EMPTY_HEADER);
-        &mut heap[..]
-    };
-    let mut parsed = httparse::Response::new(slots);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        Ok(_) => {
+    let response = scanned.with_slots(|slots| {
+        let mut parsed = httparse::Response::new(slots);
+        Unparsed::check(parsed.parse(head), head.len()).map_err(|e| match e {
+            Unparsed::Invalid(error) => diagnose(head, error),
+            Unparsed::Disagreed => ResponseError::Unreachable {
+                detail: Unparsed::DISAGREED,
+            },
+        })?;
+        let (Some(minor), Some(status)) = (parsed.version, parsed.code) else {
             return Err(ResponseError::Unreachable {
-                detail: "httparse and the head scanner disagree on the end of the head",
+                detail: "httparse reported a complete response without a status line",
             });
+        };
+        let version = Version::from_minor(minor).ok_or(ResponseError::UnsupportedVersion)?;
+        if !(100..=599).contains(&status) {
+            return Err(ResponseError::BadStatus { status });
         }
-        Err(error) => return Err(diagnose(head, error)),
-    }
-    let (Some(minor), Some(status)) = (parsed.version, parsed.code) else {
-        return Err(ResponseError::Unreachable {
-            detail: "httparse reported a complete response without a status line",
-        });
-    };
-    let version = Version::from_minor(minor).ok_or(ResponseError::UnsupportedVersion)?;
-    if !(100..=599).contains(&status) {
-        return Err(ResponseError::BadStatus { status });
-    }
-    let headers = head::own_headers(head, parsed.headers);
-    let (framing, keep_alive) = framing(&headers, version)?;
-    let response = Response {
-        version,
-        status,
-        headers,
-        framing,
-        keep_alive,
-    };
+        let headers = head::own_headers(head, parsed.headers);
+        let (framing, keep_alive) = framing(&headers, version)?;
+        Ok(Response {
+            version,
+            status,
+            headers,
+            framing,
+            keep_alive,
+        })
+    })?;
     Ok(Some((response, head.len())))
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::http::head::STACK_HEADERS;
 
 /// Parses a complete head with the default limits.
 fn parse(head: &[u8]) -> Result<Request, RequestError> {
